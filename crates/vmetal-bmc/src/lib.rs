@@ -5,6 +5,8 @@
 //! [`vmetal_api::bmc_address`]; [`connect`] turns a parsed address into a live driver.
 
 mod credentials;
+pub mod ipmi;
+pub mod redfish;
 mod error;
 mod model;
 

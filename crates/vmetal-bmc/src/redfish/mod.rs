@@ -1,0 +1,1 @@
+//! Redfish: a thin typed client over HTTP(S).

@@ -1,0 +1,1 @@
+//! Virtual IPMI lanplus BMC (UDP) in front of a simulated server.

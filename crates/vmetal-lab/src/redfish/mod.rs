@@ -1,0 +1,1 @@
+//! Virtual Redfish BMC (axum, HTTP and HTTPS) in front of simulated servers.
