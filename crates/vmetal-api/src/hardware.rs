@@ -6,10 +6,6 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-fn is_false(b: &bool) -> bool {
-    !*b
-}
-
 fn is_zero_i64(n: &i64) -> bool {
     *n == 0
 }
@@ -128,10 +124,10 @@ pub struct Nic {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vlans: Vec<Vlan>,
     /// The untagged VLAN id.
-    #[serde(default, rename = "vlanId", skip_serializing_if = "is_zero_i32")]
+    #[serde(default, rename = "vlanId")]
     pub vlan_id: i32,
     /// Whether the interface PXE-booted the agent.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default)]
     pub pxe: bool,
     /// Switch port information from LLDP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -191,8 +187,8 @@ pub struct Storage {
     /// Other paths for the same device (`/dev/disk/by-path/...`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alternate_names: Vec<String>,
-    /// Whether the device is rotational.
-    #[serde(default, skip_serializing_if = "is_false")]
+    /// Whether the device is rotational (always written: `false` means solid state).
+    #[serde(default)]
     pub rotational: bool,
     /// HDD, SSD or NVME.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
