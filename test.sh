@@ -26,6 +26,6 @@ cargo fmt --all -- --check
 echo "test.sh: cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "test.sh: cargo test"
-cargo test --workspace --all-targets --locked
+cargo test --workspace --lib --bins --tests --examples --locked
 cargo test --workspace --doc --locked
 echo "test.sh: all tests passed"
