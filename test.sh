@@ -28,4 +28,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "test.sh: cargo test"
 cargo test --workspace --lib --bins --tests --examples --locked
 cargo test --workspace --doc --locked
+echo "test.sh: kubectl against the embedded API server"
+cargo build -p vmetal --locked
+tests/kubectl-apiserver.sh
 echo "test.sh: all tests passed"

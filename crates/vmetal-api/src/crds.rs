@@ -44,11 +44,111 @@ pub fn file_name(crd: &CustomResourceDefinition) -> String {
 }
 
 /// One CRD as a YAML document (without the `---` separator).
+///
+/// Rendered with [`yaml_1_1_safe`], not serde_yaml: kubectl reads YAML 1.1, where a bare `On`
+/// or `off` is a boolean, so enum values like `On`/`Off` must be quoted.
 pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, CrdError> {
-    serde_yaml::to_string(crd).map_err(|source| CrdError::Render {
+    let value = serde_json::to_value(crd).map_err(|e| CrdError::Render {
         name: crd.metadata.name.clone().unwrap_or_default(),
-        source,
-    })
+        source: serde::ser::Error::custom(e.to_string()),
+    })?;
+    Ok(yaml_1_1_safe(&value))
+}
+
+/// Render a JSON value as block YAML that YAML 1.1 and 1.2 readers parse identically: any
+/// string that could read as something else (`On`, `no`, `1e3`, `null`, ...) is double-quoted.
+pub fn yaml_1_1_safe(value: &Value) -> String {
+    let mut out = String::new();
+    emit(value, 0, &mut out);
+    out
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => quote_if_needed(s),
+        Value::Array(_) => "[]".into(),
+        Value::Object(_) => "{}".into(),
+    }
+}
+
+fn quote_if_needed(s: &str) -> String {
+    const WORDS: [&str; 12] = [
+        "y", "n", "yes", "no", "on", "off", "true", "false", "null", "~", "=", "<<",
+    ];
+    let lower = s.to_ascii_lowercase();
+    let plain_chars = s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || " ._/()-+'$".contains(c));
+    let starts_ok = s
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '/' || c == '.' || c == '_' || c == '$');
+    let looks_numeric = s.parse::<f64>().is_ok() || s.starts_with('.');
+    let plain = !s.is_empty()
+        && plain_chars
+        && starts_ok
+        && !looks_numeric
+        && !WORDS.contains(&lower.as_str())
+        && !s.ends_with(' ')
+        && !s.contains(" '");
+    if plain {
+        s.to_string()
+    } else {
+        // A JSON string is a valid YAML double-quoted scalar.
+        serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
+    }
+}
+
+fn is_collection(v: &Value) -> bool {
+    match v {
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(m) => !m.is_empty(),
+        _ => false,
+    }
+}
+
+fn emit(value: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                out.push_str(&pad);
+                out.push_str(&quote_if_needed(k));
+                if is_collection(v) {
+                    out.push_str(":\n");
+                    let child = if v.is_array() { indent } else { indent + 2 };
+                    emit(v, child, out);
+                } else {
+                    out.push_str(": ");
+                    out.push_str(&scalar(v));
+                    out.push('\n');
+                }
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            for item in items {
+                out.push_str(&pad);
+                out.push_str("- ");
+                if is_collection(item) {
+                    let mut nested = String::new();
+                    emit(item, indent + 2, &mut nested);
+                    // The first line goes after "- ", without its indentation.
+                    out.push_str(nested.trim_start());
+                } else {
+                    out.push_str(&scalar(item));
+                    out.push('\n');
+                }
+            }
+        }
+        other => {
+            out.push_str(&pad);
+            out.push_str(&scalar(other));
+            out.push('\n');
+        }
+    }
 }
 
 /// All CRDs as one multi-document YAML stream, ready for `kubectl apply -f -`.
@@ -234,6 +334,31 @@ mod tests {
             .map(|c| c.name)
             .collect();
         assert_eq!(cols, ["Phase", "Host", "Node", "Age"]);
+    }
+
+    #[test]
+    fn yaml_quotes_what_yaml_1_1_would_misread() {
+        let v = serde_json::json!({
+            "enum": ["On", "Off", "yes", "1.5", "", "ok value", "a: b", "UEFI"],
+            "nested": [{"x": 1, "y": [true, null]}, []],
+            "multi": "line one\nline two",
+        });
+        let yaml = yaml_1_1_safe(&v);
+        assert!(yaml.contains("- \"On\"\n"), "{yaml}");
+        assert!(yaml.contains("- \"Off\"\n"), "{yaml}");
+        assert!(yaml.contains("- \"yes\"\n"), "{yaml}");
+        assert!(yaml.contains("- UEFI\n"), "{yaml}");
+        let back: Value = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn crd_yaml_parses_back_to_the_same_crd() {
+        for crd in all() {
+            let yaml = to_yaml(&crd).unwrap();
+            let back: CustomResourceDefinition = serde_yaml::from_str(&yaml).unwrap();
+            assert_eq!(back, crd);
+        }
     }
 
     #[test]

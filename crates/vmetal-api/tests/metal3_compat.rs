@@ -50,13 +50,19 @@ fn full_metal3_manifest_round_trips_without_losing_a_field() {
     paths(&back, String::new(), &mut got);
     let missing: Vec<_> = want.iter().filter(|p| !got.contains(p)).collect();
     let extra: Vec<_> = got.iter().filter(|p| !want.contains(p)).collect();
-    assert!(missing.is_empty(), "lost or changed in round trip: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "lost or changed in round trip: {missing:#?}"
+    );
     assert!(extra.is_empty(), "added in round trip: {extra:#?}");
 
     // A few fields by their Rust names, so a silent rename would be caught too.
     let status = host.status.as_ref().unwrap();
     assert_eq!(status.provisioning.state, ProvisioningState::Provisioned);
-    assert_eq!(status.provisioning.id, "4f1e5a3c-8b7d-4e2a-9c1b-0d2e3f4a5b6c");
+    assert_eq!(
+        status.provisioning.id,
+        "4f1e5a3c-8b7d-4e2a-9c1b-0d2e3f4a5b6c"
+    );
     assert_eq!(status.error_type, Some(ErrorType::ProvisioningError));
     assert_eq!(host.spec.boot_mac_address, "00:5c:52:31:3a:9c");
     assert_eq!(status.hardware.as_ref().unwrap().gpu_count(), 1);
@@ -116,7 +122,10 @@ fn examples_deserialise() {
             }
         }
     }
-    assert!(hosts >= 2 && machines >= 1, "{hosts} hosts, {machines} machines");
+    assert!(
+        hosts >= 2 && machines >= 1,
+        "{hosts} hosts, {machines} machines"
+    );
 }
 
 use serde::Deserialize;

@@ -166,6 +166,12 @@ mod tests {
         let reg = Registry::with_builtins();
         let list = api_resource_list(&reg, "", "v1").unwrap();
         assert_eq!(list["groupVersion"], "v1");
-        assert!(list["resources"].as_array().unwrap().iter().any(|r| r["name"] == "secrets"));
+        assert!(
+            list["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["name"] == "secrets")
+        );
     }
 }

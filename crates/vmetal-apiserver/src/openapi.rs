@@ -124,13 +124,18 @@ pub fn group_version_document(registry: &Registry, group: &str, version: &str) -
             None => r.schema.clone().unwrap_or_else(|| json!({})),
             Some(_) => {
                 let name = crd_definition_name(r);
-                let mut schema = r.schema.clone().unwrap_or_else(|| json!({"type": "object"}));
+                let mut schema = r
+                    .schema
+                    .clone()
+                    .unwrap_or_else(|| json!({"type": "object"}));
                 if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
                     props.insert(
                         "metadata".into(),
                         json!({ "allOf": [{ "$ref": format!("#/components/schemas/{OBJECT_META}") }], "default": {} }),
                     );
-                    props.entry("apiVersion").or_insert(json!({"type": "string"}));
+                    props
+                        .entry("apiVersion")
+                        .or_insert(json!({"type": "string"}));
                     props.entry("kind").or_insert(json!({"type": "string"}));
                 }
                 schema["x-kubernetes-group-version-kind"] =
@@ -162,12 +167,18 @@ mod tests {
         }
         let doc = group_version_document(&reg, "metal3.io", "v1alpha1").unwrap();
         let def = &doc["components"]["schemas"]["io.metal3.v1alpha1.BareMetalHost"];
-        assert_eq!(def["x-kubernetes-group-version-kind"][0]["kind"], "BareMetalHost");
+        assert_eq!(
+            def["x-kubernetes-group-version-kind"][0]["kind"],
+            "BareMetalHost"
+        );
         assert!(def["properties"]["spec"]["properties"]["bootMACAddress"].is_object());
-        let post = &doc["paths"]["/apis/metal3.io/v1alpha1/namespaces/{namespace}/baremetalhosts"]["post"];
+        let post =
+            &doc["paths"]["/apis/metal3.io/v1alpha1/namespaces/{namespace}/baremetalhosts"]["post"];
         assert_eq!(post["parameters"][0]["name"], "fieldValidation");
         let idx = index(&reg);
-        let url = idx["paths"]["apis/metal3.io/v1alpha1"]["serverRelativeURL"].as_str().unwrap();
+        let url = idx["paths"]["apis/metal3.io/v1alpha1"]["serverRelativeURL"]
+            .as_str()
+            .unwrap();
         assert!(url.starts_with("/openapi/v3/apis/metal3.io/v1alpha1?hash="));
     }
 

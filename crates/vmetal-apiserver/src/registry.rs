@@ -273,7 +273,9 @@ mod tests {
         let crd_def = reg
             .builtin_schemas()
             .definitions
-            .get("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition")
+            .get(
+                "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition",
+            )
             .unwrap();
         assert_eq!(
             crd_def["x-kubernetes-group-version-kind"][0]["kind"],
@@ -290,9 +292,15 @@ mod tests {
         let bmh = reg.find("metal3.io", "v1alpha1", "baremetalhosts").unwrap();
         assert!(bmh.namespaced && bmh.status_subresource);
         assert_eq!(bmh.short_names, ["bmh", "bmhost"]);
-        assert!(reg.group_versions().contains(&("metal3.io".into(), "v1alpha1".into())));
+        assert!(
+            reg.group_versions()
+                .contains(&("metal3.io".into(), "v1alpha1".into()))
+        );
         assert_eq!(reg.group_versions()[0], ("".into(), "v1".into()));
         reg.remove_crd("baremetalhosts.metal3.io");
-        assert!(reg.find("metal3.io", "v1alpha1", "baremetalhosts").is_none());
+        assert!(
+            reg.find("metal3.io", "v1alpha1", "baremetalhosts")
+                .is_none()
+        );
     }
 }

@@ -4,30 +4,40 @@
 //! Handlers are thin: each one reads the registry and returns a document built elsewhere.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, Uri};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::access::{self, Access};
+use crate::error::ApiError;
+use crate::objects::Objects;
 use crate::registry::Registry;
-use crate::{discovery, openapi};
+use crate::store::Store;
+use crate::{discovery, http, openapi};
 
 /// Shared state of a running server.
 #[derive(Clone)]
 pub struct AppState {
-    registry: Arc<RwLock<Registry>>,
+    objects: Objects,
     address: String,
+    access: Option<Arc<Access>>,
 }
 
 impl AppState {
     fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
-        self.registry.read().unwrap_or_else(|p| p.into_inner())
+        self.objects
+            .registry()
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -45,11 +55,19 @@ pub fn status_error(code: StatusCode, reason: &str, message: String) -> Response
     (code, Json(body)).into_response()
 }
 
-/// The router over `registry`; `address` is what `/api` advertises (`host:port`).
-pub fn router(registry: Arc<RwLock<Registry>>, address: String) -> Router {
-    let state = AppState { registry, address };
+/// The router over `objects`; `address` is what `/api` advertises (`host:port`). With
+/// `access`, every request but the health probes needs its bearer token.
+pub fn router(objects: Objects, address: String, access: Option<Arc<Access>>) -> Router {
+    let state = AppState {
+        objects,
+        address,
+        access,
+    };
     Router::new()
-        .route("/version", get(|| async { Json(discovery::version_info()) }))
+        .route(
+            "/version",
+            get(|| async { Json(discovery::version_info()) }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
@@ -61,8 +79,41 @@ pub fn router(registry: Arc<RwLock<Registry>>, address: String) -> Router {
         .route("/openapi/v3", get(openapi_index))
         .route("/openapi/v3/api/{version}", get(openapi_core))
         .route("/openapi/v3/apis/{group}/{version}", get(openapi_group))
-        .fallback(not_found)
+        .fallback(objects_or_not_found)
+        .layer(DefaultBodyLimit::max(http::MAX_BODY_BYTES + 1))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
+}
+
+async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let open = matches!(path, "/healthz" | "/livez" | "/readyz");
+    if let Some(access) = &s.access
+        && !open
+    {
+        let header = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !access.authorizes(header) {
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn objects_or_not_found(
+    State(s): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path();
+    if path.starts_with("/api/") || path.starts_with("/apis/") {
+        return http::handle(s.objects.clone(), method, uri, headers, body).await;
+    }
+    not_found(uri).await
 }
 
 async fn api_versions(State(s): State<AppState>) -> Json<Value> {
@@ -134,7 +185,10 @@ fn openapi_doc(s: &AppState, group: &str, version: &str) -> Response {
         None => status_error(
             StatusCode::NOT_FOUND,
             "NotFound",
-            format!("no OpenAPI document for {}", openapi::gv_key(group, version)),
+            format!(
+                "no OpenAPI document for {}",
+                openapi::gv_key(group, version)
+            ),
         ),
     }
 }
@@ -143,14 +197,52 @@ async fn not_found(uri: Uri) -> Response {
     status_error(
         StatusCode::NOT_FOUND,
         "NotFound",
-        format!("the server could not find the requested resource ({})", uri.path()),
+        format!(
+            "the server could not find the requested resource ({})",
+            uri.path()
+        ),
     )
+}
+
+/// How to run an API server.
+#[derive(Debug, Clone)]
+pub struct ApiServerConfig {
+    /// Address to listen on (port 0 picks a free port).
+    pub bind: SocketAddr,
+    /// Where objects, certificates, the token and the kubeconfig live; `None` keeps objects in
+    /// memory and serves plain HTTP without authentication (tests only).
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Failures starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Listening failed.
+    #[error("cannot listen on {bind}: {reason}")]
+    Bind {
+        /// Address.
+        bind: SocketAddr,
+        /// OS error.
+        reason: String,
+    },
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Certificates, token or kubeconfig could not be set up.
+    #[error(transparent)]
+    Access(#[from] access::AccessError),
+    /// Creating the standard namespaces failed.
+    #[error("cannot create standard namespaces: {0}")]
+    Namespaces(ApiError),
 }
 
 /// A server running on a background task; stops when dropped.
 pub struct RunningApiServer {
     addr: SocketAddr,
-    registry: Arc<RwLock<Registry>>,
+    url: String,
+    objects: Objects,
+    access: Option<Arc<Access>>,
+    kubeconfig: Option<PathBuf>,
     task: JoinHandle<()>,
 }
 
@@ -160,15 +252,33 @@ impl RunningApiServer {
         self.addr
     }
 
-    /// `http://host:port`, for kubeconfigs and `kubectl -s`.
+    /// `https://host:port` (or `http://` without a data dir), for kubeconfigs and `kubectl -s`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.url.clone()
+    }
+
+    /// The object API it serves.
+    pub fn objects(&self) -> &Objects {
+        &self.objects
     }
 
     /// The registry it serves (add CRDs here).
     pub fn registry(&self) -> Arc<RwLock<Registry>> {
-        self.registry.clone()
+        self.objects.registry().clone()
     }
+
+    /// The kubeconfig written for this server, when it has a data dir.
+    pub fn kubeconfig_path(&self) -> Option<&std::path::Path> {
+        self.kubeconfig.as_deref()
+    }
+
+    /// Certificates and token, when it has a data dir.
+    pub fn access(&self) -> Option<&Access> {
+        self.access.as_deref()
+    }
+
+    /// Stop serving.
+    pub fn shutdown(self) {}
 }
 
 impl Drop for RunningApiServer {
@@ -177,20 +287,110 @@ impl Drop for RunningApiServer {
     }
 }
 
-/// Bind `bind` (port 0 for a random port) and serve `registry` until dropped.
-pub async fn start(bind: SocketAddr, registry: Registry) -> std::io::Result<RunningApiServer> {
-    let listener = TcpListener::bind(bind).await?;
-    let addr = listener.local_addr()?;
-    let registry = Arc::new(RwLock::new(registry));
-    let app = router(registry.clone(), addr.to_string());
+/// Start with `registry` as the built-in resources.
+pub async fn start_with(
+    config: ApiServerConfig,
+    registry: Registry,
+) -> Result<RunningApiServer, ServerError> {
+    let store = match &config.data_dir {
+        Some(dir) => Store::open(dir)?,
+        None => Store::in_memory(),
+    };
+    let objects = Objects::new(Arc::new(store), Arc::new(RwLock::new(registry)));
+    objects
+        .ensure_namespaces(&["default", "kube-system", "kube-public", "kube-node-lease"])
+        .map_err(ServerError::Namespaces)?;
+    let bind_err = |e: std::io::Error| ServerError::Bind {
+        bind: config.bind,
+        reason: e.to_string(),
+    };
+    let listener = std::net::TcpListener::bind(config.bind).map_err(bind_err)?;
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    let addr = listener.local_addr().map_err(bind_err)?;
+    let Some(dir) = config.data_dir.clone() else {
+        let app = router(objects.clone(), addr.to_string(), None);
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(bind_err)?;
+        let task = tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, app).await {
+                tracing::error!(%err, "API server stopped");
+            }
+        });
+        return Ok(RunningApiServer {
+            addr,
+            url: format!("http://{addr}"),
+            objects,
+            access: None,
+            kubeconfig: None,
+            task,
+        });
+    };
+    let mut hosts = vec![
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+        "localhost".to_string(),
+    ];
+    if !addr.ip().is_unspecified() && !hosts.contains(&addr.ip().to_string()) {
+        hosts.push(addr.ip().to_string());
+    }
+    let access = Arc::new(access::load_or_create(&dir, &hosts)?);
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    let url = format!("https://{host}:{}", addr.port());
+    let kubeconfig = access.write_kubeconfig(&dir.join("kubeconfig"), &url)?;
+    let tls = axum_server::tls_rustls::RustlsConfig::from_config(access.server_config()?);
+    let app = router(
+        objects.clone(),
+        format!("{host}:{}", addr.port()),
+        Some(access.clone()),
+    );
+    let server = axum_server::from_tcp_rustls(listener, tls).map_err(bind_err)?;
     let task = tokio::spawn(async move {
-        if let Err(err) = axum::serve(listener, app).await {
+        if let Err(err) = server.serve(app.into_make_service()).await {
             tracing::error!(%err, "API server stopped");
         }
     });
     Ok(RunningApiServer {
         addr,
-        registry,
+        url,
+        objects,
+        access: Some(access),
+        kubeconfig: Some(kubeconfig),
         task,
     })
+}
+
+/// Start with the standard built-in resources.
+pub async fn start(config: ApiServerConfig) -> Result<RunningApiServer, ServerError> {
+    start_with(config, Registry::with_builtins()).await
+}
+
+/// Create each CRD that does not exist yet (idempotent; used by `vmetal up` and tests).
+pub fn install_crds(
+    objects: &Objects,
+    crds: &[k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition],
+) -> Result<(), ApiError> {
+    let Some(info) = objects.find("apiextensions.k8s.io", "v1", "customresourcedefinitions") else {
+        return Err(ApiError::Internal(
+            "CustomResourceDefinitions are not served".into(),
+        ));
+    };
+    let target = crate::objects::Target {
+        info,
+        namespace: None,
+        name: None,
+        subresource: None,
+    };
+    for crd in crds {
+        let value = serde_json::to_value(crd).map_err(|e| ApiError::Internal(e.to_string()))?;
+        match objects.create(&target, value, false) {
+            Ok(_) | Err(ApiError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -66,3 +66,21 @@ pub trait Bmc: Send + Sync {
         Ok(())
     }
 }
+
+/// A driver for `address`: Redfish for the Redfish family of schemes, IPMI for `ipmi://`,
+/// `libvirt://` and bare hosts.
+pub fn connect(
+    address: &BmcAddress,
+    credentials: Credentials,
+    options: ConnectOptions,
+) -> Result<Box<dyn Bmc>, BmcError> {
+    use vmetal_api::bmc_address::Protocol;
+    Ok(match address.driver.protocol() {
+        Protocol::Redfish => Box::new(redfish::RedfishBmc::new(
+            address.clone(),
+            credentials,
+            options,
+        )?),
+        Protocol::Ipmi => Box::new(ipmi::IpmiBmc::new(address.clone(), credentials, options)?),
+    })
+}

@@ -1,5 +1,8 @@
 //! `vmetal`: bare-metal servers as Kubernetes resources. One binary, one subcommand per process.
 
+mod bmc_cmd;
+mod lab_cmd;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -27,10 +30,42 @@ enum Command {
     },
     /// Print the vmetal version and the APIs it serves.
     Version,
+    /// Talk to a server's BMC (Redfish or IPMI) like ipmitool: power, boot device, info.
+    ///
+    /// Exit codes: 0 ok, 1 bad arguments, 3 BMC unreachable or timed out, 4 credentials
+    /// rejected, 5 not supported by the BMC, 6 the BMC answered with an error.
+    Bmc(bmc_cmd::BmcArgs),
+    /// Virtual BMCs over simulated servers, for development and tests.
+    Lab(lab_cmd::LabArgs),
+    /// Run the embedded Kubernetes-compatible API server on its own.
+    ///
+    /// Objects live in DATA_DIR/store.redb; a CA, serving certificate, bearer token and a
+    /// kubeconfig (DATA_DIR/kubeconfig, mode 0600) are created on first start:
+    /// `kubectl --kubeconfig DATA_DIR/kubeconfig get ns`.
+    Apiserver {
+        /// Where objects, certificates and the kubeconfig live.
+        #[arg(long, default_value = ".vmetal-data", value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:6443", value_name = "ADDR")]
+        bind: std::net::SocketAddr,
+        /// Also install the vmetal CRDs (BareMetalHost, Machine) if they are missing.
+        #[arg(long)]
+        install_crds: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Bmc(args) = cli.command {
+        return match bmc_cmd::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(failure) => {
+                eprintln!("vmetal bmc: {:#}", failure.error);
+                ExitCode::from(failure.code)
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -47,6 +82,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Crds { dir: Some(dir) } => write_crds(&dir),
+        Command::Apiserver {
+            data_dir,
+            bind,
+            install_crds,
+        } => run_apiserver(data_dir, bind, install_crds),
+        Command::Bmc(_) => Ok(()), // handled in main for its exit codes
+        Command::Lab(args) => lab_cmd::run(args),
         Command::Version => {
             println!("vmetal {}", env!("CARGO_PKG_VERSION"));
             for crd in vmetal_api::crds::all() {
@@ -60,6 +102,50 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}
+
+fn run_apiserver(
+    data_dir: PathBuf,
+    bind: std::net::SocketAddr,
+    install_crds: bool,
+) -> anyhow::Result<()> {
+    init_logging();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let server = vmetal_apiserver::start(vmetal_apiserver::ApiServerConfig {
+            bind,
+            data_dir: Some(data_dir.clone()),
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "cannot start the API server with data dir {}",
+                data_dir.display()
+            )
+        })?;
+        if install_crds {
+            vmetal_apiserver::server::install_crds(server.objects(), &vmetal_api::crds::all())
+                .context("cannot install the vmetal CRDs")?;
+        }
+        let kubeconfig = server
+            .kubeconfig_path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        println!("vmetal API server listening on {}", server.url());
+        println!("kubeconfig: {kubeconfig}");
+        println!("try: kubectl --kubeconfig {kubeconfig} get namespaces");
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot wait for Ctrl-C")?;
+        println!("shutting down");
+        Ok(())
+    })
 }
 
 fn write_crds(dir: &std::path::Path) -> anyhow::Result<()> {

@@ -79,7 +79,11 @@ fn crds_output_is_two_crd_documents() {
 #[test]
 fn crds_dir_writes_the_checked_in_files() {
     let dir = tempfile::tempdir().unwrap();
-    let out = vmetal().args(["crds", "--dir"]).arg(dir.path()).output().unwrap();
+    let out = vmetal()
+        .args(["crds", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crds");
     for name in ["metal3.io_baremetalhosts.yaml", "vmetal.io_machines.yaml"] {
@@ -116,7 +120,10 @@ async fn kubectl_accepts_the_crds_and_the_examples() {
     .unwrap();
     assert!(ok, "kubectl rejected `vmetal crds`: {text}");
     assert!(text.contains("customresourcedefinition.apiextensions.k8s.io/baremetalhosts.metal3.io created (dry run)"), "{text}");
-    assert!(text.contains("machines.vmetal.io created (dry run)"), "{text}");
+    assert!(
+        text.contains("machines.vmetal.io created (dry run)"),
+        "{text}"
+    );
 
     // Once the CRDs are served, kubectl maps the example manifests to them.
     for crd in vmetal_api::crds::all() {
@@ -127,13 +134,24 @@ async fn kubectl_accepts_the_crds_and_the_examples() {
     let (ok, text) = tokio::task::spawn_blocking(move || {
         kubectl(
             &url,
-            &["apply", "--dry-run=client", "-k", examples.to_str().unwrap()],
+            &[
+                "apply",
+                "--dry-run=client",
+                "-k",
+                examples.to_str().unwrap(),
+            ],
             None,
         )
     })
     .await
     .unwrap();
     assert!(ok, "kubectl rejected deploy/examples: {text}");
-    assert!(text.contains("baremetalhost.metal3.io/worker-0 created (dry run)"), "{text}");
-    assert!(text.contains("machine.vmetal.io/tenant-a-node-0 created (dry run)"), "{text}");
+    assert!(
+        text.contains("baremetalhost.metal3.io/worker-0 created (dry run)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("machine.vmetal.io/tenant-a-node-0 created (dry run)"),
+        "{text}"
+    );
 }
