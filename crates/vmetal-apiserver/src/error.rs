@@ -29,6 +29,19 @@ impl Subject {
     }
 }
 
+/// Details of a 422 Invalid answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvalidObject {
+    /// The object.
+    pub subject: Subject,
+    /// Kind, for the message.
+    pub kind: String,
+    /// Full message.
+    pub message: String,
+    /// `{reason, message, field}` causes.
+    pub causes: Vec<Value>,
+}
+
 /// Everything a request can fail with.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ApiError {
@@ -50,17 +63,8 @@ pub enum ApiError {
         message: String,
     },
     /// 422 with per-field causes.
-    #[error("{message}")]
-    Invalid {
-        /// The object.
-        subject: Subject,
-        /// Kind, for the message.
-        kind: String,
-        /// Full message.
-        message: String,
-        /// `{reason, message, field}` causes.
-        causes: Vec<Value>,
-    },
+    #[error("{}", .0.message)]
+    Invalid(Box<InvalidObject>),
     /// 400.
     #[error("{0}")]
     BadRequest(String),
@@ -102,7 +106,7 @@ impl ApiError {
             Self::NotFound(_) | Self::NoRoute(_) => (StatusCode::NOT_FOUND, "NotFound"),
             Self::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
             Self::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
-            Self::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            Self::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             Self::Gone { .. } => (StatusCode::GONE, "Expired"),
@@ -131,14 +135,14 @@ impl ApiError {
             Self::NotFound(s) | Self::AlreadyExists(s) | Self::Conflict { subject: s, .. } => {
                 Some(s)
             }
-            Self::Invalid { subject, .. } => Some(subject),
+            Self::Invalid(inv) => Some(&inv.subject),
             _ => None,
         };
         if let Some(s) = subject {
             status["details"] = json!({ "name": s.name, "group": s.group, "kind": s.resource });
-            if let Self::Invalid { kind, causes, .. } = self {
-                status["details"]["kind"] = json!(kind);
-                status["details"]["causes"] = json!(causes);
+            if let Self::Invalid(inv) = self {
+                status["details"]["kind"] = json!(inv.kind);
+                status["details"]["causes"] = json!(inv.causes);
             }
         }
         status

@@ -271,7 +271,13 @@ fn dispatch(
                 )
                     .into_response());
             }
-            let (items, rev, cont, remaining) = objects.list(&target, &list)?;
+            let page = objects.list(&target, &list)?;
+            let (items, rev, cont, remaining) = (
+                page.items,
+                page.resource_version,
+                page.continue_token,
+                page.remaining,
+            );
             if wants_table(headers) {
                 return Ok(table_response(&target, &q, &items, rev, cont.as_deref()));
             }

@@ -12,7 +12,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{Map, Value, json};
 
-use crate::error::{ApiError, Subject};
+use crate::error::{ApiError, InvalidObject, Subject};
 use crate::patch::{self, PatchKind};
 use crate::registry::{Registry, ResourceInfo};
 use crate::store::{self, Op, Store};
@@ -65,6 +65,19 @@ pub struct ListOptions {
     pub limit: Option<usize>,
     /// Continue token from a previous page.
     pub continue_token: Option<String>,
+}
+
+/// One page of a list.
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    /// The objects.
+    pub items: Vec<Value>,
+    /// The store revision the page was read at.
+    pub resource_version: u64,
+    /// Token for the next page, when there is one.
+    pub continue_token: Option<String>,
+    /// How many objects the next pages hold.
+    pub remaining: Option<usize>,
 }
 
 /// Delete options.
@@ -176,12 +189,12 @@ fn invalid(target: &Target, name: &str, field: &str, reason: &str, detail: Strin
         "{}.{} \"{}\" is invalid: {field}: {detail}",
         target.info.kind, target.info.group, name
     );
-    ApiError::Invalid {
+    ApiError::Invalid(Box::new(InvalidObject {
         subject: target.subject(name),
         kind: target.info.kind.clone(),
         message,
         causes: vec![json!({"reason": reason, "message": detail, "field": field})],
-    }
+    }))
 }
 
 /// Does `obj` match the list filters?
@@ -337,15 +350,17 @@ impl Objects {
         let Some(schema) = &target.info.schema else {
             return Ok(());
         };
-        validation::validate_and_default(schema, obj).map_err(|errors| ApiError::Invalid {
-            subject: target.subject(name),
-            kind: target.info.kind.clone(),
-            message: validation::status_message(
-                &format!("{}.{}", target.info.kind, target.info.group),
-                name,
-                &errors,
-            ),
-            causes: validation::status_causes(&errors),
+        validation::validate_and_default(schema, obj).map_err(|errors| {
+            ApiError::Invalid(Box::new(InvalidObject {
+                subject: target.subject(name),
+                kind: target.info.kind.clone(),
+                message: validation::status_message(
+                    &format!("{}.{}", target.info.kind, target.info.group),
+                    name,
+                    &errors,
+                ),
+                causes: validation::status_causes(&errors),
+            }))
         })
     }
 
@@ -448,12 +463,8 @@ impl Objects {
             .ok_or_else(|| ApiError::NotFound(target.subject(&name)))
     }
 
-    /// List objects: `(items, resourceVersion, continue, remaining)`.
-    pub fn list(
-        &self,
-        target: &Target,
-        opts: &ListOptions,
-    ) -> Result<(Vec<Value>, u64, Option<String>, Option<usize>), ApiError> {
+    /// List objects, one page at a time.
+    pub fn list(&self, target: &Target, opts: &ListOptions) -> Result<ListPage, ApiError> {
         let prefix = store::prefix(
             &target.info.group,
             &target.info.plural,
@@ -476,12 +487,22 @@ impl Objects {
                 // One more exists: hand out a continue token.
                 let remaining = 1 + matching.count();
                 let token = last_key.map(|k: String| encode_continue(&k));
-                return Ok((page, rev, token, Some(remaining)));
+                return Ok(ListPage {
+                    items: page,
+                    resource_version: rev,
+                    continue_token: token,
+                    remaining: Some(remaining),
+                });
             }
             last_key = Some(k);
             page.push(v);
         }
-        Ok((page, rev, None, None))
+        Ok(ListPage {
+            items: page,
+            resource_version: rev,
+            continue_token: None,
+            remaining: None,
+        })
     }
 
     /// Replace an object (or its status).
@@ -769,14 +790,16 @@ impl Objects {
         del: &DeleteOptions,
         dry_run: bool,
     ) -> Result<Vec<Value>, ApiError> {
-        let (items, _, _, _) = self.list(
-            target,
-            &ListOptions {
-                limit: None,
-                continue_token: None,
-                ..opts.clone()
-            },
-        )?;
+        let items = self
+            .list(
+                target,
+                &ListOptions {
+                    limit: None,
+                    continue_token: None,
+                    ..opts.clone()
+                },
+            )?
+            .items;
         let mut deleted = Vec::new();
         for item in items {
             let t = Target {

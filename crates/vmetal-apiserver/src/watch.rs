@@ -118,14 +118,19 @@ pub fn start(
                 last.max(rv)
             }
             None => {
-                let Ok((items, rev, _, _)) = objects.list(
+                let Ok(crate::objects::ListPage {
+                    items,
+                    resource_version: rev,
+                    ..
+                }) = objects.list(
                     &target,
                     &ListOptions {
                         limit: None,
                         continue_token: None,
                         ..list.clone()
                     },
-                ) else {
+                )
+                else {
                     return;
                 };
                 for obj in items {

@@ -106,9 +106,15 @@ fn unknown_subcommand_fails_with_usage() {
 async fn kubectl_accepts_the_crds_and_the_examples() {
     kubectl_available();
     let mut registry = Registry::with_builtins();
-    let api = server::start("127.0.0.1:0".parse().unwrap(), registry.clone())
-        .await
-        .unwrap();
+    let api = server::start_with(
+        vmetal_apiserver::ApiServerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            data_dir: None,
+        },
+        registry.clone(),
+    )
+    .await
+    .unwrap();
     let url = api.url();
 
     let crds = vmetal().arg("crds").output().unwrap().stdout;
