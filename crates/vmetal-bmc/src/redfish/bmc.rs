@@ -87,7 +87,10 @@ impl RedfishBmc {
     }
 
     /// The system resource and its ETag (header, else `@odata.etag`).
-    async fn system(&self, operation: &'static str) -> Result<(ComputerSystem, Option<String>), BmcError> {
+    async fn system(
+        &self,
+        operation: &'static str,
+    ) -> Result<(ComputerSystem, Option<String>), BmcError> {
         let path = self.system_path().await?;
         let (system, etag) = self.client.get::<ComputerSystem>(path, operation).await?;
         let etag = etag.or_else(|| system.odata_etag.clone());
@@ -113,7 +116,12 @@ impl RedfishBmc {
             .and_then(|p| p.allowable)
     }
 
-    async fn reset(&self, target: &str, reset_type: &str, operation: &'static str) -> Result<(), BmcError> {
+    async fn reset(
+        &self,
+        target: &str,
+        reset_type: &str,
+        operation: &'static str,
+    ) -> Result<(), BmcError> {
         let body = ResetRequest { reset_type };
         self.client.post(target, &body, operation).await.map(|_| ())
     }
@@ -135,14 +143,29 @@ impl RedfishBmc {
 
     /// The CD/DVD virtual media device: on the system itself (ComputerSystem v1.13+) or on a
     /// manager (from `Links.ManagedBy`, else the Managers collection).
-    async fn cd_drive(&self, operation: &'static str) -> Result<(VirtualMedia, Option<String>), BmcError> {
+    async fn cd_drive(
+        &self,
+        operation: &'static str,
+    ) -> Result<(VirtualMedia, Option<String>), BmcError> {
         let (system, _) = self.system(operation).await?;
-        let mut collections: Vec<String> = system.virtual_media.iter().map(|l| l.odata_id.clone()).collect();
-        let mut managers: Vec<String> = system.links.managed_by.iter().map(|l| l.odata_id.clone()).collect();
+        let mut collections: Vec<String> = system
+            .virtual_media
+            .iter()
+            .map(|l| l.odata_id.clone())
+            .collect();
+        let mut managers: Vec<String> = system
+            .links
+            .managed_by
+            .iter()
+            .map(|l| l.odata_id.clone())
+            .collect();
         if managers.is_empty() {
             let root = self.client.service_root().await?;
             if let Some(link) = &root.managers {
-                let (all, _) = self.client.get::<Collection>(&link.odata_id, operation).await?;
+                let (all, _) = self
+                    .client
+                    .get::<Collection>(&link.odata_id, operation)
+                    .await?;
                 managers = all.members.into_iter().map(|l| l.odata_id).collect();
             }
         }
@@ -151,10 +174,16 @@ impl RedfishBmc {
             collections.extend(manager.virtual_media.map(|l| l.odata_id));
         }
         for collection in collections {
-            let (devices, _) = self.client.get::<Collection>(&collection, operation).await?;
+            let (devices, _) = self
+                .client
+                .get::<Collection>(&collection, operation)
+                .await?;
             let mut found = Vec::new();
             for member in devices.members {
-                let (mut device, etag) = self.client.get::<VirtualMedia>(&member.odata_id, operation).await?;
+                let (mut device, etag) = self
+                    .client
+                    .get::<VirtualMedia>(&member.odata_id, operation)
+                    .await?;
                 if device.odata_id.is_empty() {
                     device.odata_id = member.odata_id;
                 }
@@ -177,8 +206,17 @@ impl RedfishBmc {
 
     async fn eject(&self, drive: &VirtualMedia, etag: Option<&str>) -> Result<(), BmcError> {
         const OP: &str = "virtual media eject";
-        if let Some(target) = drive.actions.eject.as_ref().and_then(|a| a.target.as_deref()) {
-            return self.client.post(target, &serde_json::json!({}), OP).await.map(|_| ());
+        if let Some(target) = drive
+            .actions
+            .eject
+            .as_ref()
+            .and_then(|a| a.target.as_deref())
+        {
+            return self
+                .client
+                .post(target, &serde_json::json!({}), OP)
+                .await
+                .map(|_| ());
         }
         let body = EjectMediaPatch {
             image: None,
@@ -195,7 +233,11 @@ fn only_system(address: &str, collection: Collection) -> Result<String, BmcError
     match members.len() {
         1 => Ok(members.remove(0).odata_id),
         count => {
-            let listed: Vec<&str> = members.iter().take(5).map(|m| m.odata_id.as_str()).collect();
+            let listed: Vec<&str> = members
+                .iter()
+                .take(5)
+                .map(|m| m.odata_id.as_str())
+                .collect();
             Err(BmcError::Rejected {
                 address: address.to_string(),
                 operation: "system discovery",
@@ -256,7 +298,9 @@ impl Bmc for RedfishBmc {
         let current = system.power_state.as_deref().and_then(plan::power_state);
         let already = match action {
             PowerAction::On => current.is_some_and(PowerState::is_on),
-            PowerAction::ForceOff | PowerAction::GracefulShutdown => current == Some(PowerState::Off),
+            PowerAction::ForceOff | PowerAction::GracefulShutdown => {
+                current == Some(PowerState::Off)
+            }
             PowerAction::ForceRestart | PowerAction::PowerCycle => false,
         };
         if already {
@@ -299,7 +343,10 @@ impl Bmc for RedfishBmc {
                 }
             })?;
             let path = self.system_path().await?;
-            let reply = self.client.patch(path, &body, etag.as_deref(), operation).await?;
+            let reply = self
+                .client
+                .patch(path, &body, etag.as_deref(), operation)
+                .await?;
             // The system changed between our read and write: read it again, once.
             if reply.status == reqwest::StatusCode::PRECONDITION_FAILED && !refreshed {
                 refreshed = true;
@@ -335,13 +382,21 @@ impl Bmc for RedfishBmc {
             inserted: true,
             write_protected: true,
         };
-        if let Some(target) = drive.actions.insert.as_ref().and_then(|a| a.target.as_deref()) {
+        if let Some(target) = drive
+            .actions
+            .insert
+            .as_ref()
+            .and_then(|a| a.target.as_deref())
+        {
             return self.client.post(target, &body, OP).await.map(|_| ());
         }
         // No InsertMedia action (older BMCs): set the properties instead. The ETag may have
         // changed by an eject above, so read it again.
         let (_, etag) = self.cd_drive(OP).await?;
-        let reply = self.client.patch(&drive.odata_id, &body, etag.as_deref(), OP).await?;
+        let reply = self
+            .client
+            .patch(&drive.odata_id, &body, etag.as_deref(), OP)
+            .await?;
         self.client.check(reply, OP).map(|_| ())
     }
 
@@ -396,6 +451,10 @@ mod tests {
         assert!(text.contains("manages 7 systems"), "{text}");
         assert!(text.contains("redfish://bmc:443"), "{text}");
         let none = only_system("redfish://bmc:443", members(0)).err();
-        assert!(none.map(|e| e.to_string()).unwrap_or_default().contains("manages 0 systems"));
+        assert!(
+            none.map(|e| e.to_string())
+                .unwrap_or_default()
+                .contains("manages 0 systems")
+        );
     }
 }

@@ -123,7 +123,9 @@ impl Client {
         path: &str,
         operation: &'static str,
     ) -> Result<(T, Option<String>), BmcError> {
-        let reply = self.request(Method::GET, path, None, None, operation).await?;
+        let reply = self
+            .request(Method::GET, path, None, None, operation)
+            .await?;
         let reply = self.check(reply, operation)?;
         Ok((self.parse(&reply, operation)?, reply.etag()))
     }
@@ -200,8 +202,7 @@ impl Client {
     /// Log out: delete the session, if there is one. Later requests log in again.
     pub async fn logout(&self) -> Result<(), BmcError> {
         let mut auth = self.auth.lock().await;
-        let Auth::Session { token, location } = std::mem::replace(&mut *auth, Auth::Unknown)
-        else {
+        let Auth::Session { token, location } = std::mem::replace(&mut *auth, Auth::Unknown) else {
             return Ok(());
         };
         drop(auth);
@@ -423,8 +424,8 @@ impl Client {
         }
         request = match credential {
             Some(Credential::Token(token)) => {
-                let mut value =
-                    HeaderValue::from_str(token).map_err(|_| SendError::Other("bad token".into()))?;
+                let mut value = HeaderValue::from_str(token)
+                    .map_err(|_| SendError::Other("bad token".into()))?;
                 value.set_sensitive(true);
                 request.header("X-Auth-Token", value)
             }
@@ -497,12 +498,34 @@ impl SendError {
     fn from_reqwest(e: reqwest::Error) -> Self {
         if e.is_timeout() {
             Self::Timeout
+        } else if is_tls_failure(&e) {
+            // A certificate will not become trusted by asking again.
+            Self::Other(chain(&e))
         } else if e.is_connect() {
             Self::Connect(chain(&e))
         } else {
             Self::Other(chain(&e))
         }
     }
+}
+
+/// Whether a rustls error (bad certificate, handshake failure) is behind `e`.
+fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(error) = current {
+        if error.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        // io::Error::source skips the error it wraps (often another io::Error), so unwrap
+        // io errors by hand.
+        current = match error.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    false
 }
 
 /// Whether a status is worth retrying: server errors except "not implemented".

@@ -274,6 +274,66 @@ pub(crate) struct SessionLogin<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::redfish::plan;
+    use crate::{BootDevice, BootModeOverride, BootOverride};
+
+    #[test]
+    fn reset_body() {
+        insta::assert_json_snapshot!(ResetRequest {
+            reset_type: "ForceRestart"
+        });
+    }
+
+    #[test]
+    fn boot_patch_body_pxe_once_switching_to_uefi() {
+        let current = Boot {
+            mode: Some("Legacy".into()),
+            ..Boot::default()
+        };
+        let pxe = BootOverride::once(BootDevice::Pxe, Some(BootModeOverride::Uefi));
+        let body = plan::boot_patch(pxe, Some(&current)).map_err(|e| e.0);
+        insta::assert_json_snapshot!(body.ok());
+    }
+
+    #[test]
+    fn boot_patch_body_disk_persistent_mode_unchanged() {
+        let current = Boot {
+            mode: Some("UEFI".into()),
+            ..Boot::default()
+        };
+        let disk = BootOverride {
+            device: BootDevice::Disk,
+            persistent: true,
+            mode: Some(BootModeOverride::Uefi),
+        };
+        let body = plan::boot_patch(disk, Some(&current)).map_err(|e| e.0);
+        insta::assert_json_snapshot!(body.ok());
+    }
+
+    #[test]
+    fn insert_media_body() {
+        insta::assert_json_snapshot!(InsertMediaRequest {
+            image: "http://10.0.0.1:6180/agent.iso",
+            inserted: true,
+            write_protected: true,
+        });
+    }
+
+    #[test]
+    fn eject_media_patch_body() {
+        insta::assert_json_snapshot!(EjectMediaPatch {
+            image: None,
+            inserted: false,
+        });
+    }
+
+    #[test]
+    fn session_login_body() {
+        insta::assert_json_snapshot!(SessionLogin {
+            user_name: "admin",
+            password: "example-password",
+        });
+    }
 
     #[test]
     fn a_sparse_vendor_system_still_parses() {

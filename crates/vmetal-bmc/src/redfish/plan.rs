@@ -21,7 +21,8 @@ pub(crate) fn reset_types(
     current: Option<PowerState>,
 ) -> Result<Vec<&'static str>, Unsupported> {
     let offers = |value: &str| allowable.is_none_or(|list| list.iter().any(|v| v == value));
-    let first_offered = |candidates: &[&'static str]| candidates.iter().copied().find(|c| offers(c));
+    let first_offered =
+        |candidates: &[&'static str]| candidates.iter().copied().find(|c| offers(c));
     let power_on = || {
         first_offered(&["On", "ForceOn"])
             .map(|t| vec![t])
@@ -30,15 +31,10 @@ pub(crate) fn reset_types(
     match action {
         PowerAction::On => power_on(),
         PowerAction::ForceOff => single("ForceOff", "hard power off", &offers, allowable),
-        PowerAction::GracefulShutdown => single(
-            "GracefulShutdown",
-            "graceful shutdown",
-            &offers,
-            allowable,
-        ),
-        PowerAction::ForceRestart | PowerAction::PowerCycle
-            if current == Some(PowerState::Off) =>
-        {
+        PowerAction::GracefulShutdown => {
+            single("GracefulShutdown", "graceful shutdown", &offers, allowable)
+        }
+        PowerAction::ForceRestart | PowerAction::PowerCycle if current == Some(PowerState::Off) => {
             power_on()
         }
         PowerAction::ForceRestart | PowerAction::PowerCycle => {
@@ -132,7 +128,11 @@ pub(crate) fn boot_patch(
     Ok(BootPatch {
         boot: BootPatchInner {
             target,
-            enabled: if boot.persistent { "Continuous" } else { "Once" },
+            enabled: if boot.persistent {
+                "Continuous"
+            } else {
+                "Once"
+            },
             mode,
         },
     })
@@ -169,8 +169,14 @@ mod tests {
         let minimal = values(&["ForceOn", "ForceOff"]);
         let on = Some(PowerState::On);
         let restart = PowerAction::ForceRestart;
-        assert_eq!(reset_types(restart, Some(&all), on), Ok(vec!["ForceRestart"]));
-        assert_eq!(reset_types(restart, Some(&no_restart), on), Ok(vec!["PowerCycle"]));
+        assert_eq!(
+            reset_types(restart, Some(&all), on),
+            Ok(vec!["ForceRestart"])
+        );
+        assert_eq!(
+            reset_types(restart, Some(&no_restart), on),
+            Ok(vec!["PowerCycle"])
+        );
         assert_eq!(
             reset_types(restart, Some(&minimal), on),
             Ok(vec!["ForceOff", "ForceOn"])
@@ -207,8 +213,14 @@ mod tests {
         };
         let legacy_pxe = BootOverride::once(BootDevice::Pxe, Some(BootModeOverride::Legacy));
         let uefi_pxe = BootOverride::once(BootDevice::Pxe, Some(BootModeOverride::Uefi));
-        assert_eq!(boot_patch(legacy_pxe, Some(&uefi)).map(|p| p.boot.mode), Ok(Some("Legacy")));
-        assert_eq!(boot_patch(uefi_pxe, Some(&uefi)).map(|p| p.boot.mode), Ok(None));
+        assert_eq!(
+            boot_patch(legacy_pxe, Some(&uefi)).map(|p| p.boot.mode),
+            Ok(Some("Legacy"))
+        );
+        assert_eq!(
+            boot_patch(uefi_pxe, Some(&uefi)).map(|p| p.boot.mode),
+            Ok(None)
+        );
         assert_eq!(boot_patch(legacy_pxe, None).map(|p| p.boot.mode), Ok(None));
     }
 
@@ -235,6 +247,9 @@ mod tests {
             ..VirtualMedia::default()
         };
         let devices = [floppy, cd];
-        assert_eq!(cd_drive(&devices).map(|d| d.odata_id.as_str()), Some("/m/Cd"));
+        assert_eq!(
+            cd_drive(&devices).map(|d| d.odata_id.as_str()),
+            Some("/m/Cd")
+        );
     }
 }

@@ -47,7 +47,10 @@ fn root_store(extra_ca_pems: &[String]) -> Result<RootCertStore, TlsSetupError> 
         let mut found = 0;
         for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
             let cert = cert.map_err(|e| {
-                TlsSetupError(format!("CA certificate #{} is not valid PEM: {e}", index + 1))
+                TlsSetupError(format!(
+                    "CA certificate #{} is not valid PEM: {e}",
+                    index + 1
+                ))
             })?;
             roots.add(cert).map_err(|e| {
                 TlsSetupError(format!("CA certificate #{} is unusable: {e}", index + 1))
