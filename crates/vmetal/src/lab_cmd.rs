@@ -27,7 +27,8 @@ struct LabBmcArgs {
     /// Redfish listen address (one service for all systems).
     #[arg(long, default_value = "127.0.0.1:8000")]
     redfish: SocketAddr,
-    /// IPMI listen address of the first system; system i listens on port + i.
+    /// IPMI listen address of the first system; system i listens on port + i (port 0: any
+    /// free port for each).
     #[arg(long, default_value = "127.0.0.1:6230")]
     ipmi: SocketAddr,
     /// How many simulated servers.
@@ -66,8 +67,13 @@ pub fn run(args: LabArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot serve Redfish on {}", args.redfish))?;
         let mut ipmi = Vec::new();
         for (i, server) in servers.iter().enumerate() {
-            let port = u16::try_from(usize::from(args.ipmi.port()) + i)
-                .context("IPMI ports run past 65535; lower --systems or the --ipmi port")?;
+            // Port 0 lets the OS pick a free port per system.
+            let port = if args.ipmi.port() == 0 {
+                0
+            } else {
+                u16::try_from(usize::from(args.ipmi.port()) + i)
+                    .context("IPMI ports run past 65535; lower --systems or the --ipmi port")?
+            };
             let bind = SocketAddr::new(args.ipmi.ip(), port);
             let svc = IpmiService::start(
                 bind,
