@@ -6,6 +6,7 @@
 //! Nothing here does I/O: types, parsing and matching only, so every later crate can depend on
 //! it and everything is unit-tested without a server.
 
+pub mod agent;
 pub mod bmc_address;
 pub mod crds;
 pub mod hardware;

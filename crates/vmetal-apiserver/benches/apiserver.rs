@@ -62,7 +62,9 @@ async fn main() {
     }
     let hosts: Api<BareMetalHost> = Api::namespaced(client.clone(), "default");
     let size = serde_json::to_vec(&host("h-00000")).unwrap().len();
-    println!("object size: {size} bytes of JSON; {WRITERS} concurrent writers; durable store (fsync per write), HTTPS, kube-rs client");
+    println!(
+        "object size: {size} bytes of JSON; {WRITERS} concurrent writers; durable store (fsync per write), HTTPS, kube-rs client"
+    );
 
     // Creates.
     let start = Instant::now();
@@ -71,7 +73,10 @@ async fn main() {
         let hosts = hosts.clone();
         tasks.push(tokio::spawn(async move {
             for i in (w..CREATES).step_by(WRITERS) {
-                hosts.create(&PostParams::default(), &host(&format!("h-{i:05}"))).await.unwrap();
+                hosts
+                    .create(&PostParams::default(), &host(&format!("h-{i:05}")))
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -79,7 +84,10 @@ async fn main() {
         t.await.unwrap();
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("creates: {CREATES} in {secs:.2} s = {:.0}/s", CREATES as f64 / secs);
+    println!(
+        "creates: {CREATES} in {secs:.2} s = {:.0}/s",
+        CREATES as f64 / secs
+    );
 
     // Updates (merge patches of the spec).
     let start = Instant::now();
@@ -90,7 +98,10 @@ async fn main() {
             for i in (w..UPDATES).step_by(WRITERS) {
                 let name = format!("h-{:05}", i % CREATES);
                 let patch = json!({"spec": {"description": format!("update {i}")}});
-                hosts.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+                hosts
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -98,19 +109,32 @@ async fn main() {
         t.await.unwrap();
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("updates: {UPDATES} in {secs:.2} s = {:.0}/s", UPDATES as f64 / secs);
+    println!(
+        "updates: {UPDATES} in {secs:.2} s = {:.0}/s",
+        UPDATES as f64 / secs
+    );
 
     // Watch latency: each change carries its send time; every watcher measures arrival.
     let t0 = Instant::now();
     let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let rv = hosts.get("h-00000").await.unwrap().resource_version().unwrap();
+    let rv = hosts
+        .get("h-00000")
+        .await
+        .unwrap()
+        .resource_version()
+        .unwrap();
     let mut watchers = Vec::new();
     for _ in 0..WATCHERS {
         let hosts = hosts.clone();
         let latencies = latencies.clone();
         let rv = rv.clone();
         let stream = hosts
-            .watch(&WatchParams::default().fields("metadata.name=h-00000").timeout(290), &rv)
+            .watch(
+                &WatchParams::default()
+                    .fields("metadata.name=h-00000")
+                    .timeout(290),
+                &rv,
+            )
             .await
             .unwrap();
         watchers.push(tokio::spawn(async move {
@@ -118,9 +142,16 @@ async fn main() {
             let mut seen = 0;
             while let Some(Ok(event)) = stream.next().await {
                 if let WatchEvent::Modified(h) = event {
-                    let sent: u128 = h.annotations().get("sent-us").and_then(|s| s.parse().ok()).unwrap_or(0);
+                    let sent: u128 = h
+                        .annotations()
+                        .get("sent-us")
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
                     let now = t0.elapsed().as_micros();
-                    latencies.lock().unwrap().push(Duration::from_micros((now - sent.min(now)) as u64));
+                    latencies
+                        .lock()
+                        .unwrap()
+                        .push(Duration::from_micros((now - sent.min(now)) as u64));
                     seen += 1;
                     if seen == WATCHED_CHANGES {
                         return;
@@ -132,12 +163,19 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..WATCHED_CHANGES {
         let sent = t0.elapsed().as_micros();
-        let patch = json!({"metadata": {"annotations": {"sent-us": sent.to_string(), "i": i.to_string()}}});
-        hosts.patch("h-00000", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+        let patch =
+            json!({"metadata": {"annotations": {"sent-us": sent.to_string(), "i": i.to_string()}}});
+        hosts
+            .patch("h-00000", &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     for w in watchers {
-        tokio::time::timeout(Duration::from_secs(60), w).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(60), w)
+            .await
+            .unwrap()
+            .unwrap();
     }
     let mut l = latencies.lock().unwrap().clone();
     l.sort();

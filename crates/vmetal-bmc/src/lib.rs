@@ -5,10 +5,10 @@
 //! [`vmetal_api::bmc_address`]; [`connect`] turns a parsed address into a live driver.
 
 mod credentials;
-pub mod ipmi;
-pub mod redfish;
 mod error;
+pub mod ipmi;
 mod model;
+pub mod redfish;
 
 pub use credentials::Credentials;
 pub use error::BmcError;

@@ -1,5 +1,14 @@
-//! Kubernetes controllers: the `BareMetalHost` state machine and `Machine` claims.
+//! Kubernetes controllers: the `BareMetalHost` state machine (and, later, `Machine` claims).
 //!
-//! Reconcilers are plain async functions over a shared context; the decisions they make are pure
-//! functions of the object, unit-tested without an API server. Claims are resourceVersion-checked
-//! updates of `spec.consumerRef`, never "read cache, then patch".
+//! Reconcilers are plain async functions over a shared [`Context`]; every step is idempotent
+//! and safe to repeat after a crash, because the Kubernetes objects (the host, its credentials
+//! Secret and its agent-cycle Secret) are the only state.
+
+pub mod backoff;
+pub mod bmc_pool;
+pub mod context;
+pub mod error;
+pub mod host;
+
+pub use context::{Context, ControllerConfig};
+pub use error::ControllerError;

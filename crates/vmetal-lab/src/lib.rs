@@ -4,10 +4,13 @@
 //! with no hardware, through the same protocols real BMCs speak. Both front ends share one
 //! [`SimulatedServer`] model and one [`Faults`] injector per server.
 
+pub mod agent_backend;
 pub mod faults;
 pub mod ipmi;
+pub mod rack;
 pub mod redfish;
 pub mod sim;
 
+pub use agent_backend::{BootedOs, SimulatedMachine};
 pub use faults::{FaultAction, Faults};
 pub use sim::{BootSource, ServerBackend, ServerIdentity, SimulatedServer, SimulatedState};

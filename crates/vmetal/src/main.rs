@@ -30,6 +30,25 @@ enum Command {
     },
     /// Print the vmetal version and the APIs it serves.
     Version,
+    /// Run everything on this machine: API server, controller, agent API and, with --lab N,
+    /// N simulated servers behind virtual Redfish and IPMI BMCs.
+    Up {
+        /// Simulated servers to create (mixed Redfish and IPMI).
+        #[arg(long, default_value_t = 0)]
+        lab: u32,
+        /// Where objects, certificates, the kubeconfig, lab disks and images live.
+        #[arg(long, default_value = ".vmetal-data", value_name = "DIR")]
+        data_dir: PathBuf,
+        /// API server address.
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        bind: std::net::SocketAddr,
+        /// Agent API and image server address.
+        #[arg(long, default_value = "127.0.0.1:6385")]
+        agent_bind: std::net::SocketAddr,
+        /// Simulated boot time of a lab server, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        boot_delay_ms: u64,
+    },
     /// Talk to a server's BMC (Redfish or IPMI) like ipmitool: power, boot device, info.
     ///
     /// Exit codes: 0 ok, 1 bad arguments, 3 BMC unreachable or timed out, 4 credentials
@@ -87,6 +106,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bind,
             install_crds,
         } => run_apiserver(data_dir, bind, install_crds),
+        Command::Up {
+            lab,
+            data_dir,
+            bind,
+            agent_bind,
+            boot_delay_ms,
+        } => {
+            let mut config = vmetal::up::UpConfig::new(data_dir);
+            config.lab = lab;
+            config.apiserver_bind = bind;
+            config.agent_bind = agent_bind;
+            config.boot_delay = std::time::Duration::from_millis(boot_delay_ms);
+            run_up(config)
+        }
         Command::Bmc(_) => Ok(()), // handled in main for its exit codes
         Command::Lab(args) => lab_cmd::run(args),
         Command::Version => {
@@ -146,6 +179,54 @@ fn run_apiserver(
         println!("shutting down");
         Ok(())
     })
+}
+
+fn run_up(config: vmetal::up::UpConfig) -> anyhow::Result<()> {
+    init_logging_quiet();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let lab = config.lab;
+        let stack = vmetal::up::Stack::start(config).await?;
+        let kubeconfig = stack
+            .apiserver
+            .kubeconfig_path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        println!("vmetal is up");
+        println!("  API server: {}   kubeconfig: {kubeconfig}", stack.apiserver.url());
+        println!("  agent API and images: {}", stack.agent_api_url());
+        if lab > 0 {
+            println!("  lab: {lab} simulated servers (even ones on Redfish, odd ones on IPMI)");
+            let ready = stack
+                .report_progress(std::time::Duration::from_secs(120))
+                .await?;
+            if !ready {
+                println!("  not every host is available yet; see `kubectl get bmh` and `kubectl get events`");
+            }
+        }
+        let image = stack.image_url("demo.raw");
+        println!();
+        println!("next:");
+        println!("  export KUBECONFIG={kubeconfig}");
+        println!("  kubectl get bmh");
+        if lab > 0 {
+            println!(
+                "  kubectl patch bmh server-1 --type merge -p '{{\"spec\":{{\"online\":true,\"image\":{{\"url\":\"{image}\",\"checksum\":\"{image}.sha256sum\",\"checksumType\":\"sha256\",\"format\":\"raw\"}}}}}}'"
+            );
+            println!("  kubectl get bmh server-1 -w");
+        }
+        println!("Ctrl-C stops vmetal; state is kept in the data directory.");
+        tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
+        println!("shutting down");
+        stack.stop().await;
+        Ok(())
+    })
+}
+
+fn init_logging_quiet() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
 }
 
 fn write_crds(dir: &std::path::Path) -> anyhow::Result<()> {

@@ -1,0 +1,712 @@
+//! Image writing: download, checksum (sha256/sha512, md5 only when asked), raw images streamed
+//! straight to the device, qcow2 downloaded to a temporary file and converted with imago.
+//!
+//! Success is only declared after the checksum matched; on a mismatch the first MiB written
+//! is zeroed again so a half image cannot boot.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256, Sha512};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use vmetal_api::agent::{CommandProgress, DeployCommand};
+use vmetal_api::states::{ChecksumType, ImageFormat};
+
+use crate::client::http_client;
+use crate::error::{AgentError, redact_url};
+
+/// Write and hash in chunks of this size.
+const CHUNK: usize = 1 << 20;
+/// A download that delivers nothing for this long has stalled.
+const STALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Checksum files larger than this are refused.
+const MAX_CHECKSUM_FILE: usize = 1 << 20;
+/// Report progress at most every this many bytes.
+const PROGRESS_EVERY: u64 = 16 << 20;
+
+/// What [`write_image`] put on the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteReport {
+    /// Bytes of disk content written (the raw image size, or the qcow2 virtual size).
+    pub image_end: u64,
+    /// Bytes downloaded.
+    pub downloaded: u64,
+    /// SHA-256 of the disk content written, hex.
+    pub written_sha256: String,
+    /// The algorithm the image checksum was verified with (`sha256`, `sha512`, `md5`).
+    pub checksum_algorithm: &'static str,
+}
+
+/// The algorithm and expected value of an image checksum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedChecksum {
+    /// `md5`, `sha256` or `sha512`.
+    pub algorithm: ChecksumType,
+    /// Lower-case hex.
+    pub hex: String,
+}
+
+/// A running digest of one of the supported algorithms.
+enum Hasher {
+    Md5(md5::Md5),
+    Sha256(Sha256),
+    Sha512(Sha512),
+}
+
+impl Hasher {
+    fn new(t: ChecksumType) -> Self {
+        match t {
+            ChecksumType::Md5 => Hasher::Md5(md5::Md5::new()),
+            ChecksumType::Sha512 => Hasher::Sha512(Sha512::new()),
+            ChecksumType::Sha256 | ChecksumType::Auto => Hasher::Sha256(Sha256::new()),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Md5(h) => h.update(data),
+            Hasher::Sha256(h) => h.update(data),
+            Hasher::Sha512(h) => h.update(data),
+        }
+    }
+
+    fn hex(self) -> String {
+        match self {
+            Hasher::Md5(h) => hex(&h.finalize()),
+            Hasher::Sha256(h) => hex(&h.finalize()),
+            Hasher::Sha512(h) => hex(&h.finalize()),
+        }
+    }
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn algorithm_name(t: ChecksumType) -> &'static str {
+    match t {
+        ChecksumType::Md5 => "md5",
+        ChecksumType::Sha512 => "sha512",
+        ChecksumType::Sha256 | ChecksumType::Auto => "sha256",
+    }
+}
+
+/// Download `cmd.image_url` onto `device` (a block device or disk file), verify its checksum
+/// and report progress. The device is fsynced before returning.
+pub async fn write_image(
+    cmd: &DeployCommand,
+    device: &Path,
+    mut progress: impl FnMut(CommandProgress),
+) -> Result<WriteReport, AgentError> {
+    let url = redact_url(&cmd.image_url);
+    let format = cmd.format.unwrap_or(ImageFormat::Raw);
+    if !matches!(format, ImageFormat::Raw | ImageFormat::Qcow2) {
+        return Err(AgentError::ImageFormat {
+            url,
+            reason: format!(
+                "format {} is not supported by the vmetal agent; use raw or qcow2",
+                serde_json::to_value(format)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_else(|| format!("{format:?}"))
+            ),
+        });
+    }
+    let client = http_client()?;
+    let expected = resolve_checksum(&client, cmd).await?;
+    let mut step = |step: &str, done: u64, total: Option<u64>| {
+        progress(CommandProgress {
+            id: cmd.id.clone(),
+            step: step.into(),
+            done_bytes: done,
+            total_bytes: total,
+        })
+    };
+    let resp = get(&client, &cmd.image_url).await?;
+    let total = resp.content_length();
+    let io = |op| move |e| AgentError::disk(device, op, e);
+    let mut dev = tokio::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device)
+        .await
+        .map_err(io("opening"))?;
+    let device_size = dev
+        .seek(std::io::SeekFrom::End(0))
+        .await
+        .map_err(io("sizing"))?;
+    dev.seek(std::io::SeekFrom::Start(0))
+        .await
+        .map_err(io("seeking"))?;
+
+    match format {
+        ImageFormat::Qcow2 => {
+            let (tmp, downloaded, actual) =
+                download_to_temp(resp, &url, expected.algorithm, &mut |d| {
+                    step("downloading", d, total)
+                })
+                .await?;
+            verify(&url, &expected, &actual)?;
+            drop(dev);
+            let (image_end, written_sha256) =
+                convert_off_thread(tmp.path(), &url, device, device_size, &mut |d, t| {
+                    step("writing", d, Some(t))
+                })
+                .await?;
+            Ok(WriteReport {
+                image_end,
+                downloaded,
+                written_sha256,
+                checksum_algorithm: algorithm_name(expected.algorithm),
+            })
+        }
+        _ => {
+            if let Some(t) = total.filter(|t| *t > device_size) {
+                return Err(too_small(device, t, device_size));
+            }
+            let mut image_hash = Hasher::new(expected.algorithm);
+            let mut written_hash = Sha256::new();
+            let mut stream = resp.bytes_stream();
+            let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+            let mut written = 0u64;
+            let mut reported = 0u64;
+            loop {
+                let next = tokio::time::timeout(STALL_TIMEOUT, stream.next())
+                    .await
+                    .map_err(|_| download_error(&url, "no data for 120 s".into()))?;
+                let chunk = match next {
+                    Some(c) => c.map_err(|e| download_error(&url, reqwest_reason(&e)))?,
+                    None => break,
+                };
+                let mut rest: &[u8] = &chunk;
+                while !rest.is_empty() {
+                    let take = (CHUNK - buf.len()).min(rest.len());
+                    buf.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if buf.len() == CHUNK {
+                        flush_chunk(
+                            &mut dev,
+                            device,
+                            device_size,
+                            &mut buf,
+                            &mut written,
+                            &mut image_hash,
+                            &mut written_hash,
+                        )
+                        .await?;
+                        if written - reported >= PROGRESS_EVERY {
+                            reported = written;
+                            step("writing", written, total);
+                        }
+                    }
+                }
+            }
+            flush_chunk(
+                &mut dev,
+                device,
+                device_size,
+                &mut buf,
+                &mut written,
+                &mut image_hash,
+                &mut written_hash,
+            )
+            .await?;
+            dev.sync_all().await.map_err(io("syncing"))?;
+            step("writing", written, total);
+            if let Err(e) = verify(&url, &expected, &image_hash.hex()) {
+                // Never leave a bootable half-verified image behind.
+                let zeros = vec![0u8; written.min(CHUNK as u64) as usize];
+                dev.seek(std::io::SeekFrom::Start(0))
+                    .await
+                    .map_err(io("seeking"))?;
+                dev.write_all(&zeros).await.map_err(io("wiping"))?;
+                dev.sync_all().await.map_err(io("syncing"))?;
+                return Err(e);
+            }
+            Ok(WriteReport {
+                image_end: written,
+                downloaded: written,
+                written_sha256: hex(&written_hash.finalize()),
+                checksum_algorithm: algorithm_name(expected.algorithm),
+            })
+        }
+    }
+}
+
+/// Write `buf` at the current position, hashing it, and empty it.
+async fn flush_chunk(
+    dev: &mut tokio::fs::File,
+    device: &Path,
+    device_size: u64,
+    buf: &mut Vec<u8>,
+    written: &mut u64,
+    image_hash: &mut Hasher,
+    written_hash: &mut Sha256,
+) -> Result<(), AgentError> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let end = *written + buf.len() as u64;
+    if end > device_size {
+        return Err(too_small(device, end, device_size));
+    }
+    image_hash.update(buf);
+    written_hash.update(&buf[..]);
+    dev.write_all(buf)
+        .await
+        .map_err(|e| AgentError::disk(device, "writing", e))?;
+    *written = end;
+    buf.clear();
+    Ok(())
+}
+
+fn too_small(device: &Path, need: u64, have: u64) -> AgentError {
+    AgentError::DiskTooSmall {
+        device: device.to_path_buf(),
+        reason: format!("the image needs {need} bytes but the disk has {have}"),
+    }
+}
+
+fn download_error(url: &str, reason: String) -> AgentError {
+    AgentError::ImageDownload {
+        url: url.to_string(),
+        reason,
+    }
+}
+
+/// A reqwest error without its URL (which may carry credentials), with its causes.
+fn reqwest_reason(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}
+
+/// GET `url`, mapping connection failures and non-2xx statuses to [`AgentError::ImageDownload`].
+async fn get(client: &reqwest::Client, url: &str) -> Result<reqwest::Response, AgentError> {
+    let shown = redact_url(url);
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| download_error(&shown, reqwest_reason(&e.without_url())))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(download_error(&shown, format!("HTTP {status}")));
+    }
+    Ok(resp)
+}
+
+/// The checksum to verify against: the value itself, or the matching line of a checksum file.
+pub async fn resolve_checksum(
+    client: &reqwest::Client,
+    cmd: &DeployCommand,
+) -> Result<ExpectedChecksum, AgentError> {
+    let url = redact_url(&cmd.image_url);
+    let raw = cmd.checksum.trim();
+    let value = if raw.starts_with("http://") || raw.starts_with("https://") {
+        let resp = get(client, raw).await?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| download_error(&redact_url(raw), reqwest_reason(&e.without_url())))?;
+        if body.len() > MAX_CHECKSUM_FILE {
+            return Err(AgentError::InvalidChecksum {
+                url,
+                reason: format!("checksum file {} is larger than 1 MiB", redact_url(raw)),
+            });
+        }
+        pick_checksum_line(&String::from_utf8_lossy(&body), &cmd.image_url).ok_or_else(|| {
+            AgentError::InvalidChecksum {
+                url: url.clone(),
+                reason: format!(
+                    "checksum file {} has no line for {}",
+                    redact_url(raw),
+                    image_file_name(&cmd.image_url)
+                ),
+            }
+        })?
+    } else {
+        raw.to_ascii_lowercase()
+    };
+    expected_checksum(&value, cmd.checksum_type)
+        .map_err(|reason| AgentError::InvalidChecksum { url, reason })
+}
+
+/// Algorithm and value: explicit type wins; otherwise detected by length, never md5.
+fn expected_checksum(value: &str, t: Option<ChecksumType>) -> Result<ExpectedChecksum, String> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("the checksum is not a hex string".into());
+    }
+    let detected = ChecksumType::detect(value);
+    let algorithm = match t {
+        Some(ChecksumType::Auto) | None => match detected {
+            Some(ChecksumType::Md5) => {
+                return Err("an md5 checksum is only accepted with checksumType: md5".into());
+            }
+            Some(d) => d,
+            None => {
+                return Err(format!(
+                    "a {}-digit checksum matches no algorithm",
+                    value.len()
+                ));
+            }
+        },
+        Some(explicit) => {
+            if detected != Some(explicit) {
+                return Err(format!(
+                    "checksumType {} needs {} hex digits, got {}",
+                    algorithm_name(explicit),
+                    match explicit {
+                        ChecksumType::Md5 => 32,
+                        ChecksumType::Sha512 => 128,
+                        _ => 64,
+                    },
+                    value.len()
+                ));
+            }
+            explicit
+        }
+    };
+    Ok(ExpectedChecksum {
+        algorithm,
+        hex: value.to_ascii_lowercase(),
+    })
+}
+
+/// The last path segment of a URL, without query or fragment.
+fn image_file_name(url: &str) -> &str {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The checksum for the image from a checksum file: `<hex>  <name>` (GNU, `*name` for binary
+/// mode) or `ALG (name) = <hex>` (BSD) lines; a file with a single checksum is taken as is.
+fn pick_checksum_line(body: &str, image_url: &str) -> Option<String> {
+    let wanted = image_file_name(image_url);
+    let mut all = Vec::new();
+    for line in body
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (hex, name) = if let Some((left, right)) = line.split_once(") = ") {
+            let name = left.split_once(" (").map_or("", |(_, n)| n);
+            (right.trim(), name)
+        } else {
+            let mut parts = line.splitn(2, char::is_whitespace);
+            let hex = parts.next().unwrap_or("");
+            let name = parts.next().unwrap_or("").trim().trim_start_matches('*');
+            (hex, name)
+        };
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) || hex.is_empty() {
+            continue;
+        }
+        let name_file = name.rsplit('/').next().unwrap_or(name);
+        if !name.is_empty() && name_file == wanted {
+            return Some(hex.to_ascii_lowercase());
+        }
+        all.push(hex.to_ascii_lowercase());
+    }
+    (all.len() == 1).then(|| all.remove(0))
+}
+
+fn verify(url: &str, expected: &ExpectedChecksum, actual: &str) -> Result<(), AgentError> {
+    if actual == expected.hex {
+        return Ok(());
+    }
+    Err(AgentError::ChecksumMismatch {
+        url: url.to_string(),
+        algorithm: algorithm_name(expected.algorithm),
+        expected: expected.hex.clone(),
+        actual: actual.to_string(),
+    })
+}
+
+/// Download the body into a temporary file, hashing it; returns the file, its size and digest.
+async fn download_to_temp(
+    resp: reqwest::Response,
+    url: &str,
+    algorithm: ChecksumType,
+    progress: &mut impl FnMut(u64),
+) -> Result<(tempfile::NamedTempFile, u64, String), AgentError> {
+    let tmp = tempfile::Builder::new()
+        .prefix("vmetal-image-")
+        .tempfile()
+        .map_err(|e| AgentError::disk(&std::env::temp_dir(), "creating a temporary file in", e))?;
+    let tmp_path = tmp.path().to_path_buf();
+    let io = |e| AgentError::disk(&tmp_path, "writing", e);
+    let mut out = tokio::fs::File::from_std(tmp.reopen().map_err(io)?);
+    let mut hash = Hasher::new(algorithm);
+    let mut stream = resp.bytes_stream();
+    let mut done = 0u64;
+    let mut reported = 0u64;
+    loop {
+        let next = tokio::time::timeout(STALL_TIMEOUT, stream.next())
+            .await
+            .map_err(|_| download_error(url, "no data for 120 s".into()))?;
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(|e| download_error(url, reqwest_reason(&e)))?;
+        hash.update(&chunk);
+        out.write_all(&chunk).await.map_err(io)?;
+        done += chunk.len() as u64;
+        if done - reported >= PROGRESS_EVERY {
+            reported = done;
+            progress(done);
+        }
+    }
+    out.flush().await.map_err(io)?;
+    progress(done);
+    Ok((tmp, done, hash.hex()))
+}
+
+/// Run [`qcow2_to_device`] on a blocking thread with its own small runtime (imago's futures
+/// are not `Send`, and the conversion is disk-bound anyway), relaying progress.
+async fn convert_off_thread(
+    src: &Path,
+    url: &str,
+    device: &Path,
+    device_size: u64,
+    progress: &mut impl FnMut(u64, u64),
+) -> Result<(u64, String), AgentError> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, u64)>();
+    let (src, url_owned, dev) = (src.to_path_buf(), url.to_string(), device.to_path_buf());
+    let job = tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| AgentError::disk(&dev, "starting the converter for", e))?;
+        rt.block_on(qcow2_to_device(
+            &src,
+            &url_owned,
+            &dev,
+            device_size,
+            &mut |d, t| {
+                let _ = tx.send((d, t));
+            },
+        ))
+    });
+    tokio::pin!(job);
+    loop {
+        tokio::select! {
+            r = &mut job => {
+                while let Ok((d, t)) = rx.try_recv() {
+                    progress(d, t);
+                }
+                return r.unwrap_or_else(|e| Err(AgentError::ImageFormat {
+                    url: url.to_string(),
+                    reason: format!("the qcow2 converter failed: {e}"),
+                }));
+            }
+            Some((d, t)) = rx.recv() => progress(d, t),
+        }
+    }
+}
+
+/// Convert the qcow2 file at `src` to raw on `dev`; returns the virtual size and the SHA-256 of
+/// the disk content. Unallocated and zero ranges are only written where the disk is not
+/// already zero, which keeps sparse disk files sparse.
+async fn qcow2_to_device(
+    src: &Path,
+    url: &str,
+    device: &Path,
+    device_size: u64,
+    progress: &mut impl FnMut(u64, u64),
+) -> Result<(u64, String), AgentError> {
+    use imago::qcow2::Qcow2;
+    use imago::{
+        DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, Mapping, Storage,
+        StorageOpenOptions,
+    };
+
+    let bad = |reason: String| AgentError::ImageFormat {
+        url: url.to_string(),
+        reason,
+    };
+    let mut magic = [0u8; 4];
+    let mut f = tokio::fs::File::open(src)
+        .await
+        .map_err(|e| AgentError::disk(src, "reading", e))?;
+    if f.read_exact(&mut magic).await.is_err() || magic != *b"QFI\xfb" {
+        return Err(bad(
+            "format qcow2 was given but the image is not a qcow2 file".into(),
+        ));
+    }
+    let storage = imago::file::File::open(StorageOpenOptions::new().filename(src))
+        .await
+        .map_err(|e| AgentError::disk(src, "opening", e))?;
+    // Implicit opens (backing files, external data files) would read local files named by
+    // an untrusted image: refuse them.
+    let qcow2 = Qcow2::<imago::file::File>::builder(storage)
+        .open(DenyImplicitOpenGate::default())
+        .await
+        .map_err(|e| bad(format!("not a usable qcow2 image: {e}")))?;
+    let image = FormatAccess::new(qcow2);
+    let size = image.size();
+    if size > device_size {
+        return Err(too_small(device, size, device_size));
+    }
+    let io = |op| move |e| AgentError::disk(device, op, e);
+    let mut dev = tokio::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device)
+        .await
+        .map_err(io("opening"))?;
+    let zeros = vec![0u8; CHUNK];
+    let mut buf = vec![0u8; CHUNK];
+    let mut existing = vec![0u8; CHUNK];
+    let mut hash = Sha256::new();
+    let mut offset = 0u64;
+    let mut reported = 0u64;
+    while offset < size {
+        let want = (size - offset).min(CHUNK as u64);
+        let (mapping, len) = image
+            .get_mapping(offset, want)
+            .await
+            .map_err(|e| bad(format!("corrupt qcow2 mapping at offset {offset}: {e}")))?;
+        let len = len.min(want) as usize;
+        let zero = match mapping {
+            Mapping::Eof { .. } => break,
+            Mapping::Zero { .. } => true,
+            _ => false,
+        };
+        if len == 0 {
+            return Err(bad(format!("qcow2 mapping of length 0 at offset {offset}")));
+        }
+        dev.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(io("seeking"))?;
+        if zero {
+            hash.update(&zeros[..len]);
+            dev.read_exact(&mut existing[..len])
+                .await
+                .map_err(io("reading"))?;
+            if existing[..len].iter().any(|b| *b != 0) {
+                dev.seek(std::io::SeekFrom::Start(offset))
+                    .await
+                    .map_err(io("seeking"))?;
+                dev.write_all(&zeros[..len]).await.map_err(io("writing"))?;
+            }
+        } else {
+            buf.resize(len, 0);
+            image
+                .read(&mut buf, offset)
+                .await
+                .map_err(|e| bad(format!("cannot read qcow2 data at offset {offset}: {e}")))?;
+            hash.update(&buf);
+            dev.write_all(&buf).await.map_err(io("writing"))?;
+        }
+        offset += len as u64;
+        if offset - reported >= PROGRESS_EVERY {
+            reported = offset;
+            progress(offset, size);
+        }
+    }
+    dev.sync_all().await.map_err(io("syncing"))?;
+    progress(offset, size);
+    Ok((size, hex(&hash.finalize())))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const SHA256_A: &str = "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb";
+
+    #[test]
+    fn checksum_algorithm_comes_from_type_or_length() {
+        let c = expected_checksum(SHA256_A, None).unwrap();
+        assert_eq!(c.algorithm, ChecksumType::Sha256);
+        let md5 = "0cc175b9c0f1b6a831c399e269772661";
+        assert!(
+            expected_checksum(md5, None)
+                .unwrap_err()
+                .contains("checksumType: md5")
+        );
+        assert!(expected_checksum(md5, Some(ChecksumType::Auto)).is_err());
+        assert_eq!(
+            expected_checksum(md5, Some(ChecksumType::Md5))
+                .unwrap()
+                .algorithm,
+            ChecksumType::Md5
+        );
+        assert!(
+            expected_checksum(md5, Some(ChecksumType::Sha256))
+                .unwrap_err()
+                .contains("64 hex")
+        );
+        assert!(expected_checksum("xyz", None).is_err());
+        assert!(expected_checksum(&"a".repeat(40), None).is_err());
+    }
+
+    #[test]
+    fn checksum_files_pick_the_image_line() {
+        let body = format!(
+            "{}  other.img\n{SHA256_A} *images/disk.qcow2\n",
+            "b".repeat(64)
+        );
+        assert_eq!(
+            pick_checksum_line(&body, "http://h/x/disk.qcow2?sig=1").as_deref(),
+            Some(SHA256_A)
+        );
+        assert_eq!(pick_checksum_line(&body, "http://h/none.img"), None);
+        let single = format!("{SHA256_A}\n");
+        assert_eq!(
+            pick_checksum_line(&single, "http://h/any.img").as_deref(),
+            Some(SHA256_A)
+        );
+        let bsd = format!("SHA256 (disk.img) = {SHA256_A}\n");
+        assert_eq!(
+            pick_checksum_line(&bsd, "http://h/disk.img").as_deref(),
+            Some(SHA256_A)
+        );
+    }
+
+    #[test]
+    fn hashers_agree_with_known_digests() {
+        let mut h = Hasher::new(ChecksumType::Sha256);
+        h.update(b"a");
+        assert_eq!(h.hex(), SHA256_A);
+        let mut h = Hasher::new(ChecksumType::Md5);
+        h.update(b"a");
+        assert_eq!(h.hex(), "0cc175b9c0f1b6a831c399e269772661");
+        let mut h = Hasher::new(ChecksumType::Sha512);
+        h.update(b"");
+        assert!(h.hex().starts_with("cf83e1357eefb8bd"));
+    }
+
+    #[tokio::test]
+    async fn unsupported_formats_are_named() {
+        let cmd = DeployCommand {
+            id: "d".into(),
+            image_url: "http://user:pw@127.0.0.1:9/x.vmdk".into(),
+            checksum: SHA256_A.into(),
+            checksum_type: None,
+            format: Some(ImageFormat::Vmdk),
+            root_device_hints: None,
+            config_drive: None,
+        };
+        let err = write_image(&cmd, Path::new("/nonexistent"), |_| {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), vmetal_api::agent::AgentErrorKind::ImageFormat);
+        let msg = err.to_string();
+        assert!(msg.contains("vmdk") && !msg.contains("pw@"), "{msg}");
+        let cmd = DeployCommand {
+            format: Some(ImageFormat::LiveIso),
+            ..cmd
+        };
+        let err = write_image(&cmd, Path::new("/nonexistent"), |_| {})
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("live-iso"), "{err}");
+    }
+}

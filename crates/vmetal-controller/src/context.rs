@@ -1,0 +1,96 @@
+//! What every reconcile shares: the Kubernetes client, the BMC driver pool, the event recorder
+//! and the tunables.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::runtime::events::{Recorder, Reporter};
+
+use crate::bmc_pool::BmcPool;
+
+/// Tunables of the host controller.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Hosts allowed in inspecting/provisioning/deprovisioning at once (Metal3's
+    /// `PROVISIONING_LIMIT`); others wait with `operationalStatus: delayed`.
+    pub max_concurrent_operations: usize,
+    /// Poll interval in stable states (power drift).
+    pub steady_poll: Duration,
+    /// Poll interval while an agent cycle runs (events from the agent API wake us sooner).
+    pub operation_poll: Duration,
+    /// An agent that has not finished its command in this long fails the operation.
+    pub operation_timeout: Duration,
+    /// First back-off after a failure; doubles per consecutive failure.
+    pub backoff_base: Duration,
+    /// Longest back-off.
+    pub backoff_cap: Duration,
+    /// Reconciles running at once.
+    pub concurrency: u16,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_operations: 20,
+            steady_poll: Duration::from_secs(60),
+            operation_poll: Duration::from_secs(10),
+            operation_timeout: Duration::from_secs(30 * 60),
+            backoff_base: Duration::from_secs(2),
+            backoff_cap: Duration::from_secs(300),
+            concurrency: 16,
+        }
+    }
+}
+
+/// Shared by all reconciles.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: kube::Client,
+    /// BMC drivers.
+    pub bmcs: BmcPool,
+    /// Tunables.
+    pub config: ControllerConfig,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+    /// Hosts holding an operation slot (`namespace/name`).
+    pub busy: Mutex<HashSet<String>>,
+}
+
+impl Context {
+    /// A context.
+    pub fn new(client: kube::Client, bmcs: BmcPool, config: ControllerConfig) -> Arc<Self> {
+        let reporter = Reporter {
+            controller: "vmetal-controller".into(),
+            instance: std::env::var("HOSTNAME").ok(),
+        };
+        Arc::new(Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            bmcs,
+            config,
+            busy: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Take an operation slot for `host` if one is free (or it already has one).
+    pub fn try_acquire_slot(&self, host: &str) -> bool {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if busy.contains(host) {
+            return true;
+        }
+        if busy.len() >= self.config.max_concurrent_operations {
+            return false;
+        }
+        busy.insert(host.to_string());
+        true
+    }
+
+    /// Give back `host`'s slot.
+    pub fn release_slot(&self, host: &str) {
+        self.busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(host);
+    }
+}

@@ -1,0 +1,416 @@
+//! `vmetal up`: everything in one process on one machine — the embedded API server with the
+//! vmetal CRDs, the host controller, the agent API (plus an image directory served over HTTP),
+//! and optionally a simulated rack of N servers behind virtual Redfish and IPMI BMCs, with
+//! their Secrets and BareMetalHosts created.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio::task::JoinHandle;
+use vmetal_api::BareMetalHost;
+use vmetal_apiserver::{ApiServerConfig, RunningApiServer};
+use vmetal_controller::bmc_pool::{BmcPool, RealBmcFactory};
+use vmetal_controller::{Context, ControllerConfig};
+use vmetal_lab::ipmi::{IpmiService, RunningIpmi};
+use vmetal_lab::redfish::{RedfishConfig, RedfishService, RunningRedfish};
+use vmetal_lab::{ServerIdentity, SimulatedServer};
+
+/// How to start the stack.
+#[derive(Debug, Clone)]
+pub struct UpConfig {
+    /// Objects, certificates, kubeconfig, lab disks and images live here.
+    pub data_dir: PathBuf,
+    /// API server address.
+    pub apiserver_bind: SocketAddr,
+    /// Agent API and image server address (what agents and BMC virtual media reach).
+    pub agent_bind: SocketAddr,
+    /// Simulated servers to create (0 = none).
+    pub lab: u32,
+    /// Namespace of the lab's hosts.
+    pub lab_namespace: String,
+    /// How long a simulated server takes to boot.
+    pub boot_delay: Duration,
+    /// Host controller tunables.
+    pub controller: ControllerConfig,
+}
+
+impl UpConfig {
+    /// Defaults for `vmetal up`.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            apiserver_bind: SocketAddr::from(([127, 0, 0, 1], 6443)),
+            agent_bind: SocketAddr::from(([127, 0, 0, 1], 6385)),
+            lab: 0,
+            lab_namespace: "default".into(),
+            boot_delay: Duration::from_millis(500),
+            controller: ControllerConfig {
+                operation_poll: Duration::from_secs(2),
+                operation_timeout: Duration::from_secs(300),
+                ..ControllerConfig::default()
+            },
+        }
+    }
+}
+
+/// One simulated server of the lab.
+pub struct LabServer {
+    /// BareMetalHost name.
+    pub name: String,
+    /// The simulated server (power, boot override).
+    pub server: SimulatedServer,
+    /// Its backend: fixture hardware, disks, the agent.
+    pub machine: Arc<vmetal_lab::agent_backend::SimulatedMachine>,
+    /// The hardware it has.
+    pub spec: vmetal_agent::fixture::FixtureSpec,
+    /// `spec.bmc.address` of its BareMetalHost.
+    pub bmc_address: String,
+}
+
+/// The simulated rack and its BMCs.
+pub struct Lab {
+    /// The servers.
+    pub servers: Vec<LabServer>,
+    _redfish: RunningRedfish,
+    _ipmi: Vec<RunningIpmi>,
+}
+
+/// The running stack.
+pub struct Stack {
+    /// The API server.
+    pub apiserver: RunningApiServer,
+    /// A client for it (admin).
+    pub client: kube::Client,
+    /// The lab, with `--lab`.
+    pub lab: Option<Lab>,
+    agent_addr: SocketAddr,
+    agent_task: JoinHandle<()>,
+    controller: Option<(JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
+    config: UpConfig,
+}
+
+/// Lab BMC user.
+pub const LAB_USERNAME: &str = "admin";
+/// Lab BMC password.
+pub const LAB_PASSWORD: &str = "password";
+
+impl Stack {
+    /// Start everything.
+    pub async fn start(config: UpConfig) -> anyhow::Result<Stack> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+        let apiserver = vmetal_apiserver::start(ApiServerConfig {
+            bind: config.apiserver_bind,
+            data_dir: Some(config.data_dir.clone()),
+        })
+        .await
+        .context("cannot start the API server")?;
+        vmetal_apiserver::server::install_crds(apiserver.objects(), &vmetal_api::crds::all())
+            .context("cannot install the vmetal CRDs")?;
+        let client = client_for(&apiserver).await?;
+
+        let images = config.data_dir.join("images");
+        write_demo_image(&images)?;
+        let listener = tokio::net::TcpListener::bind(config.agent_bind)
+            .await
+            .with_context(|| format!("cannot listen for agents on {}", config.agent_bind))?;
+        let agent_addr = listener.local_addr()?;
+        let agent_api = vmetal_provisioner::agent_api::AgentApi::new(
+            client.clone(),
+            None,
+            Duration::from_millis(500),
+        );
+        let app = vmetal_provisioner::agent_api::router(agent_api)
+            .nest_service("/images", tower_http::services::ServeDir::new(&images));
+        let agent_task = tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, app).await {
+                tracing::error!(%err, "agent API stopped");
+            }
+        });
+
+        let mut stack = Stack {
+            apiserver,
+            client,
+            lab: None,
+            agent_addr,
+            agent_task,
+            controller: None,
+            config,
+        };
+        stack.start_controller();
+        if stack.config.lab > 0 {
+            let lab = stack.start_lab().await?;
+            stack.lab = Some(lab);
+        }
+        Ok(stack)
+    }
+
+    /// Where agents call.
+    pub fn agent_api_url(&self) -> String {
+        format!("http://{}", self.agent_addr)
+    }
+
+    /// URL of a file in the image directory.
+    pub fn image_url(&self, file: &str) -> String {
+        format!("http://{}/images/{file}", self.agent_addr)
+    }
+
+    /// The image directory.
+    pub fn image_dir(&self) -> PathBuf {
+        self.config.data_dir.join("images")
+    }
+
+    /// (Re)start the host controller with a fresh context (nothing carried over in memory).
+    pub fn start_controller(&mut self) {
+        let bmcs = BmcPool::new(
+            Arc::new(RealBmcFactory),
+            vmetal_bmc::ConnectOptions {
+                timeout: Duration::from_secs(5),
+                ..Default::default()
+            },
+        );
+        let ctx = Context::new(self.client.clone(), bmcs, self.config.controller.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(vmetal_controller::host::run(ctx, None, async move {
+            let _ = rx.await;
+        }));
+        self.controller = Some((task, tx));
+    }
+
+    /// Kill the controller abruptly (as a crash would): its task is aborted mid-flight.
+    pub fn crash_controller(&mut self) {
+        if let Some((task, _tx)) = self.controller.take() {
+            task.abort();
+        }
+    }
+
+    /// Stop gracefully.
+    pub async fn stop(mut self) {
+        if let Some((task, tx)) = self.controller.take() {
+            let _ = tx.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        self.agent_task.abort();
+    }
+
+    async fn start_lab(&self) -> anyhow::Result<Lab> {
+        let n = self.config.lab;
+        let ns = &self.config.lab_namespace;
+        let servers: Vec<SimulatedServer> = (0..n)
+            .map(|i| SimulatedServer::new(ServerIdentity::numbered(i)))
+            .collect();
+        let redfish = RedfishService::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            servers.clone(),
+            RedfishConfig {
+                username: LAB_USERNAME.into(),
+                password: LAB_PASSWORD.into(),
+                tls: false,
+            },
+        )
+        .await
+        .context("cannot start the lab's Redfish BMC")?;
+        let hosts: Api<BareMetalHost> = Api::namespaced(self.client.clone(), ns);
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let mut ipmi = Vec::new();
+        let mut lab_servers = Vec::new();
+        for (i, server) in servers.into_iter().enumerate() {
+            let index = i as u32;
+            let id = server.identity().clone();
+            let name = format!("server-{}", id.id);
+            let spec = vmetal_lab::rack::lab_spec(index);
+            let workdir = self.config.data_dir.join("lab").join(&name);
+            let machine = Arc::new(vmetal_lab::agent_backend::SimulatedMachine::new(
+                spec.clone(),
+                workdir,
+                self.agent_api_url(),
+                self.config.boot_delay,
+            )?);
+            server.set_backend(machine.clone());
+            // Mixed rack: even servers on Redfish, odd ones on IPMI.
+            let bmc_address = if i % 2 == 0 {
+                format!(
+                    "redfish+http://{}/redfish/v1/Systems/{}",
+                    redfish.local_addr(),
+                    id.id
+                )
+            } else {
+                let svc = IpmiService::start(
+                    SocketAddr::from(([127, 0, 0, 1], 0)),
+                    server.clone(),
+                    LAB_USERNAME.into(),
+                    LAB_PASSWORD.into(),
+                )
+                .await
+                .context("cannot start a lab IPMI BMC")?;
+                let address = format!("ipmi://{}", svc.local_addr());
+                ipmi.push(svc);
+                address
+            };
+            ensure_host(&hosts, &secrets, &name, &id.boot_mac, &bmc_address).await?;
+            lab_servers.push(LabServer {
+                name,
+                server,
+                machine,
+                spec,
+                bmc_address,
+            });
+        }
+        Ok(Lab {
+            servers: lab_servers,
+            _redfish: redfish,
+            _ipmi: ipmi,
+        })
+    }
+
+    /// Print progress until every lab host is `available` (or `timeout`).
+    pub async fn report_progress(&self, timeout: Duration) -> anyhow::Result<bool> {
+        let hosts: Api<BareMetalHost> =
+            Api::namespaced(self.client.clone(), &self.config.lab_namespace);
+        let start = Instant::now();
+        let mut last = String::new();
+        loop {
+            let list = hosts.list(&ListParams::default()).await?;
+            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+            for h in &list.items {
+                let state = h.provisioning_state().as_str();
+                *counts
+                    .entry(if state.is_empty() {
+                        "(new)".into()
+                    } else {
+                        state.to_string()
+                    })
+                    .or_default() += 1;
+            }
+            let line = counts
+                .iter()
+                .map(|(s, n)| format!("{n} {s}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if line != last {
+                println!("  [{:>5.1}s] hosts: {line}", start.elapsed().as_secs_f64());
+                last = line;
+            }
+            let available = list
+                .items
+                .iter()
+                .filter(|h| h.provisioning_state().is_available())
+                .count();
+            if !list.items.is_empty() && available == list.items.len() {
+                return Ok(true);
+            }
+            if start.elapsed() > timeout {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+async fn client_for(apiserver: &RunningApiServer) -> anyhow::Result<kube::Client> {
+    let path = apiserver
+        .kubeconfig_path()
+        .context("the API server wrote no kubeconfig")?;
+    let kubeconfig = Kubeconfig::read_from(path).context("cannot read the kubeconfig")?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .context("cannot load the kubeconfig")?;
+    kube::Client::try_from(config).context("cannot build a Kubernetes client")
+}
+
+/// Create the BMC Secret and BareMetalHost of a lab server unless they exist (restarts keep
+/// what the user changed).
+async fn ensure_host(
+    hosts: &Api<BareMetalHost>,
+    secrets: &Api<Secret>,
+    name: &str,
+    mac: &str,
+    bmc_address: &str,
+) -> anyhow::Result<()> {
+    let secret_name = format!("{name}-bmc");
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": secret_name},
+        "stringData": {"username": LAB_USERNAME, "password": LAB_PASSWORD},
+    }))?;
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            // A restarted lab listens on new ports: keep the Secret, update the address below.
+        }
+        Err(e) => return Err(e).context("cannot create a lab BMC Secret"),
+    }
+    let host: BareMetalHost = serde_json::from_value(serde_json::json!({
+        "apiVersion": "metal3.io/v1alpha1",
+        "kind": "BareMetalHost",
+        "metadata": {"name": name, "labels": {"vmetal.io/lab": "true"}},
+        "spec": {
+            "online": false,
+            "bootMACAddress": mac,
+            "bmc": {"address": bmc_address, "credentialsName": secret_name},
+        },
+    }))?;
+    match hosts.create(&PostParams::default(), &host).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let patch = serde_json::json!({"spec": {"bmc": {"address": bmc_address}}});
+            hosts
+                .patch(
+                    name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(patch),
+                )
+                .await
+                .context("cannot update a lab host's BMC address")?;
+            Ok(())
+        }
+        Err(e) => Err(e).context("cannot create a lab BareMetalHost"),
+    }
+}
+
+/// A small raw disk image (MBR, one partition) and its sha256sum file, for demos.
+pub fn write_demo_image(dir: &Path) -> anyhow::Result<()> {
+    use sha2::Digest;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("demo.raw");
+    if path.exists() {
+        return Ok(());
+    }
+    // 8 MiB of recognisable content: a header line, then a deterministic pattern.
+    let mut image = vec![0u8; 8 << 20];
+    let header = b"vmetal demo image: not bootable, but every byte is checked\n";
+    image[..header.len()].copy_from_slice(header);
+    for (i, chunk) in image.chunks_mut(4096).enumerate().skip(1) {
+        let tag = format!("block {i:08}\n");
+        chunk[..tag.len()].copy_from_slice(tag.as_bytes());
+    }
+    // An MBR with one Linux partition from 1 MiB to the end, as a whole-disk image has, so the
+    // agent can add the config-drive partition after it.
+    let sectors = (image.len() / 512) as u32;
+    let entry = &mut image[446..462];
+    entry.fill(0);
+    entry[1..4].copy_from_slice(&[0xfe, 0xff, 0xff]);
+    entry[4] = 0x83;
+    entry[5..8].copy_from_slice(&[0xfe, 0xff, 0xff]);
+    entry[8..12].copy_from_slice(&2048u32.to_le_bytes());
+    entry[12..16].copy_from_slice(&(sectors - 2048).to_le_bytes());
+    image[510] = 0x55;
+    image[511] = 0xaa;
+    std::fs::write(&path, &image).with_context(|| format!("cannot write {}", path.display()))?;
+    let digest: String = sha2::Sha256::digest(&image)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    std::fs::write(
+        dir.join("demo.raw.sha256sum"),
+        format!("{digest}  demo.raw\n"),
+    )
+    .context("cannot write the demo image checksum")?;
+    Ok(())
+}
