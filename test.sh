@@ -8,11 +8,26 @@ cd "$(dirname "$0")"
 # Debian packages the tests drive as real, independent peers.
 #   kubernetes-client: kubectl, a real client for the embedded API server
 #   ipmitool:          a real IPMI lanplus client for the virtual IPMI BMC
-#   curl:              a real HTTP client for the virtual Redfish BMC
+#   curl:              a real HTTP client for the virtual Redfish BMC, and a TFTP client
+#   qemu-system-x86, ipxe-qemu, ipxe, ovmf: real PXE firmware (SeaBIOS + iPXE ROM, OVMF)
+#                      booting from vmetal boot in a network namespace
+#   dnsmasq-base:      a real DHCP server beside vmetal boot's proxy mode
 need=()
 command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
 command -v ipmitool >/dev/null 2>&1 || need+=(ipmitool)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+#   qemu-utils:        qemu-img, to make qcow2 test images (Debian's, matching qemu-system-x86)
+command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
+[[ -e /usr/lib/ipxe/qemu/efi-virtio.rom ]] || need+=(ipxe-qemu)
+[[ -e /usr/lib/ipxe/undionly.kpxe ]] || need+=(ipxe)
+[[ -e /usr/share/ovmf/OVMF.fd ]] || need+=(ovmf)
+command -v dnsmasq >/dev/null 2>&1 || [[ -x /usr/sbin/dnsmasq ]] || need+=(dnsmasq-base)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# Debian's qemu-system-x86 replaces a newer backported qemu-utils; reinstall the matching one.
+if [[ " ${need[*]} " == *" qemu-system-x86 "* && " ${need[*]} " != *" qemu-utils "* ]]; then
+  need+=(qemu-utils)
+fi
 if ((${#need[@]})); then
   echo "test.sh: installing ${need[*]}"
   if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi

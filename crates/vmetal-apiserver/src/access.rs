@@ -172,7 +172,9 @@ impl Access {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| tls(&e))?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // HTTP/1.1 only: over one shared HTTP/2 connection, a watch nobody reads can exhaust the
+        // connection-level flow-control window and stall every other request of that client.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
 
@@ -202,6 +204,87 @@ impl Access {
     }
 }
 
+/// Kubernetes bootstrap tokens (`<id>.<secret>`, Secret `kube-system/bootstrap-token-<id>`),
+/// accepted so a joining node can register itself with the token from its user data.
+pub mod bootstrap {
+    use base64::Engine;
+    use serde_json::Value;
+
+    /// Namespace of bootstrap token Secrets.
+    pub const NAMESPACE: &str = "kube-system";
+
+    /// `(id, secret)` of a well-formed token: 6 and 16 characters of `[a-z0-9]`.
+    pub fn parse(token: &str) -> Option<(&str, &str)> {
+        let (id, secret) = token.split_once('.')?;
+        let ok = |s: &str, n: usize| {
+            s.len() == n
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+        };
+        (ok(id, 6) && ok(secret, 16)).then_some((id, secret))
+    }
+
+    /// Name of the Secret holding token `id`.
+    pub fn secret_name(id: &str) -> String {
+        format!("bootstrap-token-{id}")
+    }
+
+    fn field(secret: &Value, key: &str) -> Option<String> {
+        if let Some(v) = secret
+            .pointer(&format!("/data/{key}"))
+            .and_then(Value::as_str)
+        {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(v).ok()?;
+            return String::from_utf8(bytes).ok();
+        }
+        secret
+            .pointer(&format!("/stringData/{key}"))
+            .and_then(Value::as_str)
+            .map(String::from)
+    }
+
+    /// Whether `secret` (the token's Secret as JSON) accepts `token_secret` now: type
+    /// `bootstrap.kubernetes.io/token`, matching `token-secret` (constant-time),
+    /// `usage-bootstrap-authentication: "true"`, and an `expiration` (RFC 3339) not passed.
+    pub fn accepts(secret: &Value, id: &str, token_secret: &str, now: jiff::Timestamp) -> bool {
+        if secret.get("type").and_then(Value::as_str) != Some("bootstrap.kubernetes.io/token") {
+            return false;
+        }
+        if field(secret, "token-id").as_deref() != Some(id) {
+            return false;
+        }
+        if field(secret, "usage-bootstrap-authentication").as_deref() != Some("true") {
+            return false;
+        }
+        if let Some(exp) = field(secret, "expiration") {
+            match exp.parse::<jiff::Timestamp>() {
+                Ok(t) if t > now => {}
+                _ => return false,
+            }
+        }
+        let Some(stored) = field(secret, "token-secret") else {
+            return false;
+        };
+        let (a, b) = (stored.as_bytes(), token_secret.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
+    /// What a bootstrap token may do: discovery reads, Nodes, and Leases in `kube-node-lease`.
+    /// (Kubernetes limits bootstrappers to CSRs and lets the kubelet's new certificate do the
+    /// rest; this server has no CSR signer, so the token stands in for that certificate.)
+    pub fn permits(method: &str, path: &str) -> bool {
+        let read = matches!(method, "GET" | "HEAD");
+        let discovery = matches!(path, "/api" | "/apis" | "/version" | "/api/v1")
+            || path.starts_with("/openapi/");
+        let nodes = path == "/api/v1/nodes" || path.starts_with("/api/v1/nodes/");
+        let leases = path
+            .strip_prefix("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        let writes = matches!(method, "POST" | "PUT" | "PATCH");
+        (read && discovery) || ((read || writes) && (nodes || leases))
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -225,6 +308,78 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn bootstrap_tokens_are_checked_against_their_secret() {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let now = jiff::Timestamp::now();
+        let secret = |secret: &str, usage: &str, exp: &str| {
+            serde_json::json!({
+                "type": "bootstrap.kubernetes.io/token",
+                "data": {"token-id": b64("abcdef"), "token-secret": b64(secret),
+                         "usage-bootstrap-authentication": b64(usage), "expiration": b64(exp)}
+            })
+        };
+        let future = "2999-01-01T00:00:00Z";
+        let (id, sec) = bootstrap::parse("abcdef.0123456789abcdef").unwrap();
+        assert_eq!(bootstrap::secret_name(id), "bootstrap-token-abcdef");
+        assert!(bootstrap::accepts(
+            &secret(sec, "true", future),
+            id,
+            sec,
+            now
+        ));
+        assert!(!bootstrap::accepts(
+            &secret("ffffffffffffffff", "true", future),
+            id,
+            sec,
+            now
+        ));
+        assert!(!bootstrap::accepts(
+            &secret(sec, "false", future),
+            id,
+            sec,
+            now
+        ));
+        assert!(!bootstrap::accepts(
+            &secret(sec, "true", "2000-01-01T00:00:00Z"),
+            id,
+            sec,
+            now
+        ));
+        let mut wrong_type = secret(sec, "true", future);
+        wrong_type["type"] = "Opaque".into();
+        assert!(!bootstrap::accepts(&wrong_type, id, sec, now));
+        for bad in [
+            "abcdef",
+            "ABCDEF.0123456789abcdef",
+            "abcde.0123456789abcdef",
+            "abcdef.0123",
+        ] {
+            assert!(bootstrap::parse(bad).is_none(), "{bad}");
+        }
+        assert!(bootstrap::permits("POST", "/api/v1/nodes"));
+        assert!(bootstrap::permits("PATCH", "/api/v1/nodes/server-1/status"));
+        assert!(bootstrap::permits(
+            "PUT",
+            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/server-1"
+        ));
+        assert!(bootstrap::permits("GET", "/api"));
+        assert!(!bootstrap::permits(
+            "GET",
+            "/api/v1/namespaces/kube-system/secrets"
+        ));
+        assert!(!bootstrap::permits("DELETE", "/api/v1/nodes/server-1"));
+        assert!(!bootstrap::permits(
+            "POST",
+            "/api/v1/namespaces/default/pods"
+        ));
+        assert!(!bootstrap::permits(
+            "GET",
+            "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leasesx"
+        ));
     }
 
     #[test]

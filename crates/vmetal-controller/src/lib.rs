@@ -9,6 +9,7 @@ pub mod bmc_pool;
 pub mod context;
 pub mod error;
 pub mod host;
+pub mod machine;
 
 pub use context::{Context, ControllerConfig};
 pub use error::ControllerError;

@@ -46,7 +46,7 @@ pub const HEARTBEAT_PATH: &str = "/v1/heartbeat";
 /// A report that only moved progress counters is stored at most this often.
 pub const REPORT_WRITE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a lookup waits for the host cache to fill after start.
-const CACHE_READY_TIMEOUT: Duration = Duration::from_secs(30);
+const CACHE_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts at a resourceVersion-checked Secret write before giving up.
 const WRITE_ATTEMPTS: usize = 5;
 
@@ -139,12 +139,20 @@ impl AgentApi {
                 reader
             })
             .await;
-        match tokio::time::timeout(CACHE_READY_TIMEOUT, store.wait_until_ready()).await {
-            Ok(Ok(())) => Ok(store),
-            _ => Err(ApiError::unavailable(
-                "the BareMetalHost cache is not ready yet; retry",
-            )),
+        // Poll readiness instead of awaiting one long-lived waiter: a waiter registered while
+        // the first list was in flight was seen to miss its wake-up under concurrent lookups.
+        let deadline = tokio::time::Instant::now() + CACHE_READY_TIMEOUT;
+        loop {
+            match futures::FutureExt::now_or_never(store.wait_until_ready()) {
+                Some(Ok(())) => return Ok(store),
+                Some(Err(_)) => break,
+                None if tokio::time::Instant::now() >= deadline => break,
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
         }
+        Err(ApiError::unavailable(
+            "the BareMetalHost cache is not ready yet; retry",
+        ))
     }
 
     fn in_scope(&self, namespace: &str) -> bool {

@@ -39,6 +39,10 @@ pub struct UpConfig {
     pub boot_delay: Duration,
     /// Host controller tunables.
     pub controller: ControllerConfig,
+    /// Machine controller tunables.
+    pub machines: vmetal_controller::machine::MachineControllerConfig,
+    /// Address of the tenant cluster's API server (started with `--lab`; port 0 picks one).
+    pub tenant_bind: SocketAddr,
 }
 
 impl UpConfig {
@@ -56,6 +60,8 @@ impl UpConfig {
                 operation_timeout: Duration::from_secs(300),
                 ..ControllerConfig::default()
             },
+            machines: Default::default(),
+            tenant_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
 }
@@ -90,6 +96,8 @@ pub struct Stack {
     pub client: kube::Client,
     /// The lab, with `--lab`.
     pub lab: Option<Lab>,
+    /// The tenant cluster Machines join, with `--lab`.
+    pub tenant: Option<crate::tenant::TenantCluster>,
     agent_addr: SocketAddr,
     agent_task: JoinHandle<()>,
     controller: Option<(JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
@@ -122,8 +130,9 @@ impl Stack {
             .await
             .with_context(|| format!("cannot listen for agents on {}", config.agent_bind))?;
         let agent_addr = listener.local_addr()?;
+        // The agent API gets its own client (and connection pool), independent of the controller.
         let agent_api = vmetal_provisioner::agent_api::AgentApi::new(
-            client.clone(),
+            client_for(&apiserver).await?,
             None,
             Duration::from_millis(500),
         );
@@ -135,10 +144,29 @@ impl Stack {
             }
         });
 
+        let tenant = if config.lab > 0 {
+            let tenant = crate::tenant::TenantCluster::start(
+                &config.data_dir.join("tenant"),
+                config.tenant_bind,
+            )
+            .await?;
+            tenant
+                .publish_join_secret(
+                    &client,
+                    &config.lab_namespace,
+                    crate::tenant::JOIN_SECRET,
+                    Duration::from_secs(24 * 3600),
+                )
+                .await?;
+            Some(tenant)
+        } else {
+            None
+        };
         let mut stack = Stack {
             apiserver,
             client,
             lab: None,
+            tenant,
             agent_addr,
             agent_task,
             controller: None,
@@ -167,7 +195,8 @@ impl Stack {
         self.config.data_dir.join("images")
     }
 
-    /// (Re)start the host controller with a fresh context (nothing carried over in memory).
+    /// (Re)start the host and machine controllers with a fresh context (nothing carried over in
+    /// memory).
     pub fn start_controller(&mut self) {
         let bmcs = BmcPool::new(
             Arc::new(RealBmcFactory),
@@ -178,9 +207,23 @@ impl Stack {
         );
         let ctx = Context::new(self.client.clone(), bmcs, self.config.controller.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(vmetal_controller::host::run(ctx, None, async move {
-            let _ = rx.await;
-        }));
+        let tenants: Vec<_> = self.tenant.iter().map(|t| t.controller_view()).collect();
+        let (client, machines) = (self.client.clone(), self.config.machines.clone());
+        let task = tokio::spawn(async move {
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            let relay = async move {
+                let _ = rx.await;
+                let _ = stop_tx.send(true);
+            };
+            tokio::join!(
+                vmetal_controller::host::run(ctx, None, stopped(stop_rx.clone())),
+                vmetal_controller::machine::run(client, tenants, machines, stopped(stop_rx)),
+                relay,
+            );
+        });
         self.controller = Some((task, tx));
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use serde_json::json;
@@ -244,7 +244,7 @@ async fn handle_registering(w: &mut Work) -> Outcome {
 }
 
 async fn handle_inspecting(w: &mut Work) -> Outcome {
-    match run_cycle(w, CycleOp::Inspect, ErrorType::InspectionError).await? {
+    match run_cycle(w, CycleOp::Inspect, ErrorType::InspectionError, false).await? {
         CycleProgress::Waiting(action) => Ok(action),
         CycleProgress::Done(result) => {
             let Some(mut hw) = result.inventory else {
@@ -331,8 +331,20 @@ async fn handle_provisioning(w: &mut Work) -> Outcome {
             "spec.image.checksum is empty; set the image's sha256/sha512 checksum (or a URL of a checksum file)".into(),
         ));
     }
+    // A different image than the one that failed is tried at once.
+    let image_changed = w.status.last_attempted_image.as_ref() != Some(&image);
+    if image_changed {
+        w.status.provisioning_fail_count = Some(0);
+    }
     w.status.last_attempted_image = Some(image.clone());
-    match run_cycle(w, CycleOp::Deploy, ErrorType::ProvisioningError).await? {
+    match run_cycle(
+        w,
+        CycleOp::Deploy,
+        ErrorType::ProvisioningError,
+        image_changed,
+    )
+    .await?
+    {
         CycleProgress::Waiting(action) => Ok(action),
         CycleProgress::Done(_) => {
             // Boot the installed OS: disk, persistently, then power on / reset.
@@ -413,7 +425,7 @@ async fn handle_deprovisioning(w: &mut Work) -> Outcome {
     let cleaning =
         w.host.spec.automated_cleaning_mode.unwrap_or_default() != AutomatedCleaningMode::Disabled;
     if cleaning {
-        match run_cycle(w, CycleOp::Wipe, ErrorType::ProvisioningError).await? {
+        match run_cycle(w, CycleOp::Wipe, ErrorType::ProvisioningError, false).await? {
             CycleProgress::Waiting(action) => return Ok(action),
             CycleProgress::Done(_) => {
                 w.event(EventType::Normal, "CleaningComplete", "disk metadata wiped");
@@ -579,6 +591,7 @@ async fn run_cycle(
     w: &mut Work,
     op: CycleOp,
     error_type: ErrorType,
+    retry_now: bool,
 ) -> Result<CycleProgress, ControllerError> {
     let key = w.key();
     if !w.ctx.try_acquire_slot(&key) {
@@ -611,6 +624,14 @@ async fn run_cycle(
     let (state, secret) = match current {
         Ok(found) => found,
         Err(existing) => {
+            // After a failed cycle, the next one waits out the back-off (unless the user
+            // changed what is asked for, which `retry_now` says).
+            if !retry_now
+                && w.status.error_type == Some(error_type)
+                && let Some(wait) = backoff_remaining(w)
+            {
+                return Ok(CycleProgress::Waiting(Action::requeue(wait)));
+            }
             // No cycle (or one for another operation): start a new one.
             if let Some(old) = existing {
                 delete_secret(w, &old).await?;
@@ -680,15 +701,15 @@ async fn run_cycle(
             ));
         }
         w.status.powered_on = true;
-        let mut marked: Secret = secret.clone();
-        marked
-            .metadata
-            .annotations
-            .get_or_insert_with(Default::default)
-            .insert(BOOTED.into(), "true".into());
-        // Replace with resourceVersion: if the agent API wrote meanwhile, we retry.
+        // A merge patch, not a resourceVersion-checked replace: the agent API may already have
+        // written the token, and a conflict here would make us reboot the host a second time,
+        // killing the agent that holds the cycle's only token.
         w.secrets()
-            .replace(&name, &PostParams::default(), &marked)
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {BOOTED: "true"}}})),
+            )
             .await
             .map_err(|e| ControllerError::kube(format!("Secret {}/{name}", w.namespace()), e))?;
         return Ok(CycleProgress::Waiting(w.poll_operation()));
@@ -708,6 +729,22 @@ async fn run_cycle(
         }
     }
     Ok(CycleProgress::Waiting(w.poll_operation()))
+}
+
+/// Time left before a failed operation may be retried: the back-off for the current error
+/// count (without jitter, so repeated reconciles agree), counted from the last status write.
+fn backoff_remaining(w: &Work) -> Option<Duration> {
+    let cfg = &w.ctx.config;
+    let n = w.status.error_count.clamp(1, 20) as u32 - 1;
+    let full = cfg
+        .backoff_base
+        .saturating_mul(1u32 << n.min(16))
+        .min(cfg.backoff_cap);
+    let since = w.status.last_updated.as_ref()?.0;
+    let elapsed = k8s_openapi::jiff::Timestamp::now().duration_since(since);
+    let elapsed = Duration::try_from(elapsed).unwrap_or_default();
+    let wait = full.mul_f64(0.75).saturating_sub(elapsed);
+    (!wait.is_zero()).then_some(wait)
 }
 
 fn cycle_started_reason(op: CycleOp) -> &'static str {

@@ -4,6 +4,7 @@
 //! Status-only updates do not wake it (the generation and annotations predicate), so its own
 //! status writes cost nothing.
 
+pub mod conditions;
 mod machine;
 mod work;
 

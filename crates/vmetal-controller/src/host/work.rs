@@ -335,6 +335,12 @@ impl Work {
 
     /// Save the status when it changed (one atomic replace of `/status`), then publish events.
     pub async fn save(&mut self) -> Result<(), ControllerError> {
+        self.status.conditions = super::conditions::derive(
+            &self.status,
+            self.host.is_claimed(),
+            self.host.metadata.generation,
+            now(),
+        );
         if self.status != self.original {
             self.status.last_updated = Some(now());
             let value =
