@@ -153,6 +153,20 @@ where
     }
 }
 
+/// Give a built-in kind the printer columns `kubectl get` shows for it.
+fn with_columns(mut info: ResourceInfo, columns: &[(&str, &str, &str)]) -> ResourceInfo {
+    info.printer_columns = columns
+        .iter()
+        .map(|(name, type_, path)| CustomResourceColumnDefinition {
+            name: (*name).into(),
+            type_: (*type_).into(),
+            json_path: (*path).into(),
+            ..Default::default()
+        })
+        .collect();
+    info
+}
+
 impl Registry {
     /// The built-in kinds vmetal, kube-rs and kubectl use.
     pub fn with_builtins() -> Self {
@@ -164,7 +178,16 @@ impl Registry {
             builtin::<core::v1::Namespace>(&["ns"], &[], true, b),
             builtin::<core::v1::Secret>(&[], &[], false, b),
             builtin::<core::v1::ConfigMap>(&["cm"], &[], false, b),
-            builtin::<core::v1::Event>(&["ev"], &[], false, b),
+            with_columns(
+                builtin::<core::v1::Event>(&["ev"], &[], false, b),
+                &[
+                    ("Last Seen", "date", ".lastTimestamp"),
+                    ("Type", "string", ".type"),
+                    ("Reason", "string", ".reason"),
+                    ("Object", "string", ".involvedObject.name"),
+                    ("Message", "string", ".message"),
+                ],
+            ),
             builtin::<core::v1::Node>(&["no"], &[], true, b),
             builtin::<core::v1::Service>(&["svc"], &["all"], true, b),
             builtin::<core::v1::ServiceAccount>(&["sa"], &[], false, b),

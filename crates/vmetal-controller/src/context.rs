@@ -5,8 +5,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::runtime::events::{Recorder, Reporter};
-
 use crate::bmc_pool::BmcPool;
 
 /// Tunables of the host controller.
@@ -51,8 +49,6 @@ pub struct Context {
     pub bmcs: BmcPool,
     /// Tunables.
     pub config: ControllerConfig,
-    /// Publishes Kubernetes Events.
-    pub recorder: Recorder,
     /// Hosts holding an operation slot (`namespace/name`).
     pub busy: Mutex<HashSet<String>>,
 }
@@ -60,12 +56,7 @@ pub struct Context {
 impl Context {
     /// A context.
     pub fn new(client: kube::Client, bmcs: BmcPool, config: ControllerConfig) -> Arc<Self> {
-        let reporter = Reporter {
-            controller: "vmetal-controller".into(),
-            instance: std::env::var("HOSTNAME").ok(),
-        };
         Arc::new(Self {
-            recorder: Recorder::new(client.clone(), reporter),
             client,
             bmcs,
             config,

@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod bmc_pool;
 pub mod context;
 pub mod error;
+pub mod events;
 pub mod host;
 pub mod machine;
 

@@ -1,6 +1,7 @@
 //! `vmetal`: bare-metal servers as Kubernetes resources. One binary, one subcommand per process.
 
 mod bmc_cmd;
+mod boot_cmd;
 mod lab_cmd;
 
 use std::path::PathBuf;
@@ -49,6 +50,17 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         boot_delay_ms: u64,
     },
+    /// A scripted story on `vmetal up --lab`: a rack registers, three Machines (one needing a
+    /// GPU) claim hosts, install and join the tenant cluster, one is deleted and its host
+    /// re-used. Exits 0 only if every step happened.
+    Demo {
+        /// Keep the demo's state here (default: a temporary directory, removed afterwards).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Simulated servers in the rack (at least 4).
+        #[arg(long, default_value_t = 6)]
+        servers: u32,
+    },
     /// Talk to a server's BMC (Redfish or IPMI) like ipmitool: power, boot device, info.
     ///
     /// Exit codes: 0 ok, 1 bad arguments, 3 BMC unreachable or timed out, 4 credentials
@@ -56,6 +68,9 @@ enum Command {
     Bmc(bmc_cmd::BmcArgs),
     /// Virtual BMCs over simulated servers, for development and tests.
     Lab(lab_cmd::LabArgs),
+    /// DHCP (proxy or reservation), TFTP, HTTP boot and the agent callback proxy on the
+    /// provisioning network, configured from the cluster's BareMetalHosts.
+    Boot(boot_cmd::BootArgs),
     /// Run the embedded Kubernetes-compatible API server on its own.
     ///
     /// Objects live in DATA_DIR/store.redb; a CA, serving certificate, bearer token and a
@@ -84,6 +99,9 @@ fn main() -> ExitCode {
                 ExitCode::from(failure.code)
             }
         };
+    }
+    if let Command::Demo { data_dir, servers } = cli.command {
+        return run_demo(data_dir, servers);
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,8 +138,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config.boot_delay = std::time::Duration::from_millis(boot_delay_ms);
             run_up(config)
         }
-        Command::Bmc(_) => Ok(()), // handled in main for its exit codes
+        Command::Bmc(_) | Command::Demo { .. } => Ok(()), // handled in main for their exit codes
         Command::Lab(args) => lab_cmd::run(args),
+        Command::Boot(args) => boot_cmd::run(args),
         Command::Version => {
             println!("vmetal {}", env!("CARGO_PKG_VERSION"));
             for crd in vmetal_api::crds::all() {
@@ -221,6 +240,36 @@ fn run_up(config: vmetal::up::UpConfig) -> anyhow::Result<()> {
         stack.stop().await;
         Ok(())
     })
+}
+
+fn run_demo(data_dir: Option<PathBuf>, servers: u32) -> ExitCode {
+    init_logging_quiet();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vmetal demo: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = vmetal::demo::DemoOptions {
+        data_dir,
+        servers,
+        ..Default::default()
+    };
+    match runtime.block_on(vmetal::demo::run(options)) {
+        Ok(report) => {
+            println!("\n{}", report.render());
+            if report.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(err) => {
+            eprintln!("vmetal demo: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging_quiet() {

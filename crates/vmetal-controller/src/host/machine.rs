@@ -8,11 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::events::EventKind as EventType;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use serde_json::json;
 use vmetal_api::host::annotations;
 use vmetal_api::states::AutomatedCleaningMode;

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::events::{EventKind as EventType, HostEvent};
 use k8s_openapi::api::core::v1::{ObjectReference, Secret, SecretReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use vmetal_api::bmc_address::BmcAddress;
@@ -58,7 +58,7 @@ pub struct Work {
     /// The status being built; saved at the end when it differs.
     pub status: BareMetalHostStatus,
     original: BareMetalHostStatus,
-    events: Vec<Event>,
+    events: Vec<HostEvent>,
 }
 
 fn now() -> Time {
@@ -124,12 +124,10 @@ impl Work {
 
     /// Queue a Kubernetes Event about the host.
     pub fn event(&mut self, kind: EventType, reason: &str, note: &str) {
-        self.events.push(Event {
-            type_: kind,
+        self.events.push(HostEvent {
+            kind,
             reason: reason.into(),
-            note: Some(note.into()),
-            action: reason.into(),
-            secondary: None,
+            message: note.into(),
         });
     }
 
@@ -368,10 +366,7 @@ impl Work {
         if !self.events.is_empty() {
             let reference: ObjectReference = self.host.object_ref(&());
             for ev in std::mem::take(&mut self.events) {
-                // Events are best effort: a failure to record one never fails the reconcile.
-                if let Err(err) = self.ctx.recorder.publish(&ev, &reference).await {
-                    tracing::debug!(host = %self.key(), %err, "cannot publish event");
-                }
+                crate::events::record(&self.ctx.client, &reference, &ev).await;
             }
         }
         Ok(())

@@ -1,0 +1,177 @@
+//! Starting the boot services together — DHCP on 67 and 4011, TFTP, HTTP boot with the
+//! callback proxy — over one known-hosts handle, and stopping them.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::task::JoinHandle;
+
+use crate::callback::CallbackProxy;
+use crate::dhcp::server::{DhcpState, bind_udp};
+use crate::dhcp::{DhcpConfig, Mode};
+use crate::error::BootError;
+use crate::hosts::HostsHandle;
+use crate::http::{HttpConfig, router};
+use crate::leases::Leases;
+use crate::metrics::Metrics;
+use crate::tftp::{self, TftpConfig};
+
+/// Where and how the services run.
+#[derive(Debug, Clone)]
+pub struct BootServiceConfig {
+    /// DHCP behaviour.
+    pub dhcp: DhcpConfig,
+    /// Interface every UDP socket is bound to (`SO_BINDTODEVICE`).
+    pub interface: Option<String>,
+    /// DHCP server address (normally `0.0.0.0:67`).
+    pub dhcp_bind: SocketAddrV4,
+    /// PXE boot server address (normally `0.0.0.0:4011`).
+    pub pxe_bind: SocketAddrV4,
+    /// TFTP address (normally `0.0.0.0:69`); `None` turns TFTP off.
+    pub tftp_bind: Option<SocketAddrV4>,
+    /// Directory served over TFTP and under `/ipxe/`.
+    pub tftp_root: PathBuf,
+    /// HTTP boot server address.
+    pub http_bind: SocketAddr,
+    /// What the HTTP server serves.
+    pub http: HttpConfig,
+    /// The controller's agent API, for the callback proxy; `None` turns it off.
+    pub agent_api: Option<String>,
+    /// Reservation-mode lease file.
+    pub lease_file: Option<PathBuf>,
+}
+
+/// The running services; dropping it stops them.
+#[derive(Debug)]
+pub struct RunningBoot {
+    /// Where HTTP listens.
+    pub http_addr: SocketAddr,
+    /// Where TFTP listens, if it runs.
+    pub tftp_addr: Option<SocketAddr>,
+    /// Where DHCP and the PXE boot server listen, if DHCP runs.
+    pub dhcp_addrs: Vec<SocketAddr>,
+    /// The known-hosts set the services read.
+    pub hosts: HostsHandle,
+    /// The counters.
+    pub metrics: Metrics,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for RunningBoot {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn spawn_logged<F>(what: &'static str, fut: F) -> JoinHandle<()>
+where
+    F: std::future::Future<Output = Result<(), BootError>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = fut.await {
+            tracing::error!(service = what, error = %e, "boot service stopped");
+        }
+    })
+}
+
+/// Binds every socket (so errors surface here) and starts the services.
+pub async fn start(
+    config: BootServiceConfig,
+    hosts: HostsHandle,
+) -> Result<RunningBoot, BootError> {
+    let metrics = Metrics::new();
+    let mut tasks = Vec::new();
+    let mut dhcp_addrs = Vec::new();
+    let iface = config.interface.as_deref();
+
+    if config.dhcp.mode != Mode::Off {
+        let leases = match &config.lease_file {
+            Some(path) => Leases::load(path)?,
+            None => Leases::new(),
+        };
+        let state = DhcpState {
+            config: Arc::new(config.dhcp.clone()),
+            hosts: hosts.clone(),
+            leases: Arc::new(Mutex::new(leases)),
+            lease_file: config.lease_file.clone(),
+            metrics: metrics.clone(),
+        };
+        let sockets = [
+            (config.dhcp_bind, crate::dhcp::SERVER_PORT),
+            (config.pxe_bind, crate::dhcp::PXE_PORT),
+        ];
+        for (addr, port) in sockets {
+            let socket = bind_udp("DHCP", addr, iface)?;
+            let local = socket.local_addr().map_err(|source| BootError::Io {
+                what: "DHCP",
+                source,
+            })?;
+            dhcp_addrs.push(local);
+            tasks.push(spawn_logged(
+                "DHCP",
+                crate::dhcp::server::serve(socket, port, state.clone()),
+            ));
+        }
+    }
+
+    let tftp_addr = match config.tftp_bind {
+        Some(addr) => {
+            tftp::server::canonical_root(&config.tftp_root)?;
+            let socket = bind_udp("TFTP", addr, iface)?;
+            let local = socket.local_addr().map_err(|source| BootError::Io {
+                what: "TFTP",
+                source,
+            })?;
+            let tftp_config = TftpConfig {
+                root: config.tftp_root.clone(),
+                interface: config.interface.clone(),
+                default_timeout_secs: 1,
+            };
+            tasks.push(spawn_logged(
+                "TFTP",
+                tftp::serve(socket, tftp_config, metrics.clone()),
+            ));
+            Some(local)
+        }
+        None => None,
+    };
+
+    let proxy = config
+        .agent_api
+        .as_deref()
+        .map(CallbackProxy::new)
+        .transpose()?;
+    let listener = tokio::net::TcpListener::bind(config.http_bind)
+        .await
+        .map_err(|source| BootError::Bind {
+            what: "HTTP",
+            address: config.http_bind,
+            interface: None,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(|source| BootError::Io {
+        what: "HTTP",
+        source,
+    })?;
+    let app = router(config.http.clone(), hosts.clone(), metrics.clone(), proxy);
+    tasks.push(spawn_logged("HTTP", async move {
+        axum::serve(listener, app)
+            .await
+            .map_err(|source| BootError::Io {
+                what: "HTTP",
+                source,
+            })
+    }));
+
+    Ok(RunningBoot {
+        http_addr,
+        tftp_addr,
+        dhcp_addrs,
+        hosts,
+        metrics,
+        tasks,
+    })
+}
