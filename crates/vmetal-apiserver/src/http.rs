@@ -262,6 +262,14 @@ fn dispatch(
                         bookmarks: q.flag("allowWatchBookmarks"),
                         send_initial_events: q.get("sendInitialEvents") == Some("true"),
                         timeout,
+                        table: wants_table(headers).then(|| {
+                            let columns = if target.info.printer_columns.is_empty() {
+                                table::default_columns()
+                            } else {
+                                target.info.printer_columns.clone()
+                            };
+                            (columns, table::parse_include_object(q.get("includeObject")))
+                        }),
                     },
                 );
                 return Ok((

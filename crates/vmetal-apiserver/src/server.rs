@@ -96,10 +96,44 @@ async fn authenticate(State(s): State<AppState>, req: Request, next: Next) -> Re
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         if !access.authorizes(header) {
-            return ApiError::Unauthorized.into_response();
+            let presented = header
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .map(str::trim);
+            match presented.and_then(access::bootstrap::parse) {
+                Some((id, secret)) if bootstrap_token_valid(&s, id, secret) => {
+                    if !access::bootstrap::permits(req.method().as_str(), path) {
+                        return status_error(
+                            StatusCode::FORBIDDEN,
+                            "Forbidden",
+                            format!(
+                                "bootstrap token {id} may only register nodes and renew their \
+                                 leases, not {} {path}",
+                                req.method()
+                            ),
+                        );
+                    }
+                }
+                _ => return ApiError::Unauthorized.into_response(),
+            }
         }
     }
     next.run(req).await
+}
+
+/// Whether bootstrap token `id` exists in `kube-system` and accepts `secret`.
+fn bootstrap_token_valid(s: &AppState, id: &str, secret: &str) -> bool {
+    let Some(info) = s.objects.find("", "v1", "secrets") else {
+        return false;
+    };
+    let target = crate::objects::Target {
+        info,
+        namespace: Some(access::bootstrap::NAMESPACE.into()),
+        name: Some(access::bootstrap::secret_name(id)),
+        subresource: None,
+    };
+    s.objects
+        .get(&target)
+        .is_ok_and(|obj| access::bootstrap::accepts(&obj, id, secret, jiff::Timestamp::now()))
 }
 
 async fn objects_or_not_found(

@@ -24,6 +24,32 @@ pub struct WatchOptions {
     pub send_initial_events: bool,
     /// Close the stream after this long.
     pub timeout: Option<Duration>,
+    /// Send each object as a one-row `Table` (kubectl `get -w`) with these columns.
+    pub table: Option<(
+        Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceColumnDefinition>,
+        crate::table::IncludeObject,
+    )>,
+}
+
+/// The object as the watcher asked for it: itself, or a one-row Table.
+fn shape(object: &Value, opts: &WatchOptions) -> Value {
+    match &opts.table {
+        None => object.clone(),
+        Some((columns, include)) => {
+            let rv = object
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            crate::table::render_table(
+                columns,
+                std::slice::from_ref(object),
+                *include,
+                k8s_openapi::jiff::Timestamp::now(),
+                rv,
+                None,
+            )
+        }
+    }
 }
 
 /// How often bookmarks are sent when asked for.
@@ -110,7 +136,7 @@ pub fn start(
                 for event in history {
                     last = event.rev;
                     if let Some((t, obj)) = translate(&event, &prefix, &list)
-                        && tx.send(line(t, &obj)).await.is_err()
+                        && tx.send(line(t, &shape(&obj, &opts))).await.is_err()
                     {
                         return;
                     }
@@ -134,7 +160,7 @@ pub fn start(
                     return;
                 };
                 for obj in items {
-                    if tx.send(line("ADDED", &obj)).await.is_err() {
+                    if tx.send(line("ADDED", &shape(&obj, &opts))).await.is_err() {
                         return;
                     }
                 }
@@ -161,7 +187,7 @@ pub fn start(
                         }
                         last = event.rev;
                         if let Some((t, obj)) = translate(&event, &prefix, &list)
-                            && tx.send(line(t, &obj)).await.is_err()
+                            && tx.send(line(t, &shape(&obj, &opts))).await.is_err()
                         {
                             return;
                         }

@@ -71,6 +71,9 @@ enum Command {
     /// DHCP (proxy or reservation), TFTP, HTTP boot and the agent callback proxy on the
     /// provisioning network, configured from the cluster's BareMetalHosts.
     Boot(boot_cmd::BootArgs),
+    /// Run the host and machine controllers (leader-elected) and the agent API against a
+    /// Kubernetes cluster, with /metrics, /healthz and /readyz.
+    Controller(vmetal::controller_cmd::ControllerArgs),
     /// Run the embedded Kubernetes-compatible API server on its own.
     ///
     /// Objects live in DATA_DIR/store.redb; a CA, serving certificate, bearer token and a
@@ -141,6 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bmc(_) | Command::Demo { .. } => Ok(()), // handled in main for their exit codes
         Command::Lab(args) => lab_cmd::run(args),
         Command::Boot(args) => boot_cmd::run(args),
+        Command::Controller(args) => vmetal::controller_cmd::run(args),
         Command::Version => {
             println!("vmetal {}", env!("CARGO_PKG_VERSION"));
             for crd in vmetal_api::crds::all() {
@@ -209,7 +213,7 @@ fn run_up(config: vmetal::up::UpConfig) -> anyhow::Result<()> {
         let kubeconfig = stack
             .apiserver
             .kubeconfig_path()
-            .map(|p| p.display().to_string())
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string())
             .unwrap_or_default();
         println!("vmetal is up");
         println!("  API server: {}   kubeconfig: {kubeconfig}", stack.apiserver.url());
