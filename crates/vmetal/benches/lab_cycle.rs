@@ -2,7 +2,8 @@
 //! (register + inspect), then from image set to `provisioned`, through the real API server,
 //! controller, agent API, virtual BMCs and agents, all in this one process.
 //!
-//! Run: `cargo bench -p vmetal --bench lab_cycle` (N defaults to 200; `LAB_HOSTS=50` to change).
+//! Run: `cargo bench -p vmetal --bench lab_cycle` (N defaults to 200; `LAB_HOSTS=50` to change,
+//! `LAB_SLOTS=N` for the concurrent-operation limit, default 20 as Metal3's).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashMap;
@@ -61,6 +62,9 @@ async fn main() {
     config.lab = n;
     config.boot_delay = Duration::ZERO;
     config.controller.operation_poll = Duration::from_secs(2);
+    if let Some(slots) = std::env::var("LAB_SLOTS").ok().and_then(|v| v.parse().ok()) {
+        config.controller.max_concurrent_operations = slots;
+    }
     let limit = config.controller.max_concurrent_operations;
     let concurrency = config.controller.concurrency;
 
