@@ -46,4 +46,6 @@ cargo test --workspace --doc --locked
 echo "test.sh: kubectl against the embedded API server"
 cargo build -p vmetal --locked
 tests/kubectl-apiserver.sh
+echo "test.sh: fuzzing the DHCP request handler (60 s after the build)"
+FUZZ_SECONDS=60 tests/fuzz-dhcp.sh
 echo "test.sh: all tests passed"

@@ -18,6 +18,7 @@ pub mod hosts;
 pub mod http;
 pub mod leases;
 pub mod metrics;
+pub mod multus;
 pub mod service;
 pub mod tftp;
 pub mod watch;

@@ -1,17 +1,18 @@
 //! Starting the boot services together — DHCP on 67 and 4011, TFTP, HTTP boot with the
 //! callback proxy — over one known-hosts handle, and stopping them.
 
-use std::net::{SocketAddr, SocketAddrV4};
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
+use vmetal_provisioner::ipxe::BootConfig;
 
 use crate::callback::CallbackProxy;
 use crate::dhcp::server::{DhcpState, bind_udp};
 use crate::dhcp::{DhcpConfig, Mode};
 use crate::error::BootError;
-use crate::hosts::HostsHandle;
+use crate::hosts::{HostsHandle, KnownHosts};
 use crate::http::{HttpConfig, router};
 use crate::leases::Leases;
 use crate::metrics::Metrics;
@@ -174,4 +175,77 @@ pub async fn start(
         metrics,
         tasks,
     })
+}
+
+/// The boot services as `vmetal up --boot-interface` runs them: standard ports on one
+/// interface, hosts from the stack's own BareMetalHosts.
+#[derive(Debug, Clone)]
+pub struct BootOptions {
+    /// The provisioning interface every UDP socket binds to.
+    pub interface: String,
+    /// DHCP mode (proxy beside the site's DHCP server by default).
+    pub mode: Mode,
+    /// Our address on the provisioning network.
+    pub server_ip: Ipv4Addr,
+    /// HTTP boot server port.
+    pub http_port: u16,
+    /// Directory served over TFTP and under `/ipxe/`.
+    pub tftp_root: PathBuf,
+}
+
+impl BootOptions {
+    /// Proxy mode on `interface` at `server_ip`, HTTP on 8080, Debian's iPXE binaries.
+    pub fn new(interface: String, server_ip: Ipv4Addr) -> Self {
+        Self {
+            interface,
+            mode: Mode::Proxy,
+            server_ip,
+            http_port: 8080,
+            tftp_root: PathBuf::from("/usr/lib/ipxe"),
+        }
+    }
+
+    /// The service configuration: agents call back through our `/v1` proxy to `agent_api`;
+    /// kernel and initramfs come from `data_dir/boot`, leases go to `data_dir`.
+    pub fn service_config(&self, agent_api: &str, data_dir: &Path) -> BootServiceConfig {
+        let dhcp = DhcpConfig::new(self.mode, self.server_ip, self.http_port);
+        let base = dhcp.http_base.clone();
+        BootServiceConfig {
+            interface: Some(self.interface.clone()),
+            dhcp_bind: crate::dhcp::server::any(crate::dhcp::SERVER_PORT),
+            pxe_bind: crate::dhcp::server::any(crate::dhcp::PXE_PORT),
+            tftp_bind: Some(crate::dhcp::server::any(69)),
+            tftp_root: self.tftp_root.clone(),
+            http_bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.http_port)),
+            http: HttpConfig {
+                boot: BootConfig {
+                    kernel_url: format!("{base}/boot/vmlinuz"),
+                    initramfs_url: format!("{base}/boot/initramfs"),
+                    agent_api_url: base,
+                    extra_kernel_args: vec![],
+                },
+                artifacts_dir: Some(data_dir.join("boot")),
+                ipxe_dir: Some(self.tftp_root.clone()),
+                allow_unknown: false,
+            },
+            agent_api: Some(agent_api.to_owned()),
+            lease_file: Some(data_dir.join("boot-leases.json")),
+            dhcp,
+        }
+    }
+}
+
+/// Starts the services with the known-hosts set kept live from the BareMetalHosts `client`
+/// sees (in `namespace`, or everywhere); the watch stops with the services.
+pub async fn start_watching(
+    config: BootServiceConfig,
+    client: kube::Client,
+    namespace: Option<String>,
+) -> Result<RunningBoot, BootError> {
+    let hosts = HostsHandle::new(KnownHosts::new());
+    let mut running = start(config, hosts.clone()).await?;
+    running.tasks.push(tokio::spawn(crate::watch::watch_hosts(
+        client, namespace, hosts,
+    )));
+    Ok(running)
 }

@@ -47,6 +47,7 @@ pub struct BmcPool {
     factory: Arc<dyn BmcFactory>,
     options: ConnectOptions,
     drivers: Mutex<HashMap<Key, Arc<dyn Bmc>>>,
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl BmcPool {
@@ -56,7 +57,13 @@ impl BmcPool {
             factory,
             options,
             drivers: Mutex::new(HashMap::new()),
+            metrics: None,
         }
+    }
+
+    /// Time every call of the drivers made from now on into `metrics`.
+    pub fn set_metrics(&mut self, metrics: crate::metrics::Metrics) {
+        self.metrics = Some(metrics);
     }
 
     /// The driver for a host, creating it when new or when address/credentials changed.
@@ -84,7 +91,10 @@ impl BmcPool {
             disable_certificate_verification: insecure,
             ..self.options.clone()
         };
-        let driver = self.factory.connect(address, credentials, options)?;
+        let mut driver = self.factory.connect(address, credentials, options)?;
+        if let Some(metrics) = &self.metrics {
+            driver = metrics.timed_bmc(driver);
+        }
         drivers.insert(key, driver.clone());
         Ok(driver)
     }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::bmc_pool::BmcPool;
+use crate::metrics::Metrics;
 
 /// Tunables of the host controller.
 #[derive(Debug, Clone)]
@@ -51,16 +52,30 @@ pub struct Context {
     pub config: ControllerConfig,
     /// Hosts holding an operation slot (`namespace/name`).
     pub busy: Mutex<HashSet<String>>,
+    /// Prometheus metrics (transitions, operation durations, BMC calls).
+    pub metrics: Metrics,
 }
 
 impl Context {
     /// A context.
     pub fn new(client: kube::Client, bmcs: BmcPool, config: ControllerConfig) -> Arc<Self> {
+        Self::with_metrics(client, bmcs, config, Metrics::default())
+    }
+
+    /// A context recording into `metrics` (BMC calls included).
+    pub fn with_metrics(
+        client: kube::Client,
+        mut bmcs: BmcPool,
+        config: ControllerConfig,
+        metrics: Metrics,
+    ) -> Arc<Self> {
+        bmcs.set_metrics(metrics.clone());
         Arc::new(Self {
             client,
             bmcs,
             config,
             busy: Mutex::new(HashSet::new()),
+            metrics,
         })
     }
 

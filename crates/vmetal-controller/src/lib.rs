@@ -10,7 +10,9 @@ pub mod context;
 pub mod error;
 pub mod events;
 pub mod host;
+pub mod leader;
 pub mod machine;
+pub mod metrics;
 
 pub use context::{Context, ControllerConfig};
 pub use error::ControllerError;

@@ -38,6 +38,8 @@ struct State {
     generation: u64,
     last_agent_error: Option<String>,
     agent_runs: u64,
+    /// The OS's cluster join (dropped, and so stopped, on power-off or reboot).
+    join: Option<crate::join::JoinTask>,
 }
 
 struct Inner {
@@ -137,6 +139,7 @@ impl SimulatedMachine {
             agent.abort();
         }
         st.os = None;
+        st.join = None;
         st.generation += 1;
         st.generation
     }
@@ -176,8 +179,20 @@ impl SimulatedMachine {
         let os = self.find_os();
         let mut st = lock(&self.inner.state);
         if st.generation == generation {
+            // cloud-init's runcmd: the join step, if the user data has one.
+            let join = os.as_ref().and_then(|os| {
+                let cmd = crate::join::parse_join(os.user_data.as_deref()?)?;
+                let facts = crate::join::NodeFacts::new(&os.hostname, &self.inner.spec);
+                crate::join::spawn(cmd, facts)
+            });
             st.os = os;
+            st.join = join;
         }
+    }
+
+    /// Where the OS's cluster join stands (`None`: no OS up, or its user data has no join).
+    pub fn join_state(&self) -> Option<crate::join::JoinState> {
+        lock(&self.inner.state).join.as_ref().map(|j| j.state())
     }
 
     /// The first disk (spec order) with a config drive; else the first with a partition table.

@@ -7,6 +7,7 @@
 pub mod agent_backend;
 pub mod faults;
 pub mod ipmi;
+pub mod join;
 pub mod rack;
 pub mod redfish;
 pub mod sim;

@@ -94,6 +94,13 @@ pub fn run(args: BootArgs) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    // Multus readiness: exit (and be restarted) until the provisioning network is attached.
+    if let Some(interface) = &args.interface {
+        let found =
+            vmetal_boot::multus::read_interfaces().context("cannot list network interfaces")?;
+        vmetal_boot::multus::check(&found, interface, std::net::IpAddr::V4(args.server_ip))
+            .context("the provisioning network is not ready")?;
+    }
     let mode = match args.mode {
         ModeArg::Proxy => Mode::Proxy,
         ModeArg::Reservation => Mode::Reservation,

@@ -3,4 +3,8 @@
 //!
 //! It is a library so the end-to-end tests run exactly what users run.
 
+pub mod controller_cmd;
+pub mod demo;
+pub mod observe;
+pub mod tenant;
 pub mod up;

@@ -49,6 +49,15 @@ enum Command {
         /// Simulated boot time of a lab server, in milliseconds.
         #[arg(long, default_value_t = 500)]
         boot_delay_ms: u64,
+        /// Also run DHCP, TFTP and HTTP boot (as `vmetal boot`) on this provisioning interface.
+        #[arg(long, value_name = "IF", requires = "boot_server_ip")]
+        boot_interface: Option<String>,
+        /// DHCP mode of the boot services: proxy, reservation or off.
+        #[arg(long, default_value = "proxy", value_name = "MODE")]
+        boot_mode: vmetal_boot::dhcp::Mode,
+        /// Our address on the provisioning network (next-server, URLs).
+        #[arg(long, value_name = "IP", requires = "boot_interface")]
+        boot_server_ip: Option<std::net::Ipv4Addr>,
     },
     /// A scripted story on `vmetal up --lab`: a rack registers, three Machines (one needing a
     /// GPU) claim hosts, install and join the tenant cluster, one is deleted and its host
@@ -133,12 +142,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bind,
             agent_bind,
             boot_delay_ms,
+            boot_interface,
+            boot_mode,
+            boot_server_ip,
         } => {
             let mut config = vmetal::up::UpConfig::new(data_dir);
             config.lab = lab;
             config.apiserver_bind = bind;
             config.agent_bind = agent_bind;
             config.boot_delay = std::time::Duration::from_millis(boot_delay_ms);
+            if let (Some(interface), Some(ip)) = (boot_interface, boot_server_ip) {
+                let mut boot = vmetal_boot::service::BootOptions::new(interface, ip);
+                boot.mode = boot_mode;
+                config.boot = Some(boot);
+            }
             run_up(config)
         }
         Command::Bmc(_) | Command::Demo { .. } => Ok(()), // handled in main for their exit codes
@@ -218,6 +235,20 @@ fn run_up(config: vmetal::up::UpConfig) -> anyhow::Result<()> {
         println!("vmetal is up");
         println!("  API server: {}   kubeconfig: {kubeconfig}", stack.apiserver.url());
         println!("  agent API and images: {}", stack.agent_api_url());
+        if let Some(tenant) = &stack.tenant {
+            println!(
+                "  tenant cluster: {}   kubeconfig: {}   join token Secret: {}",
+                tenant.endpoint(),
+                tenant.kubeconfig_path().map(|p| p.display().to_string()).unwrap_or_default(),
+                vmetal::tenant::JOIN_SECRET
+            );
+        }
+        if let Some(boot) = &stack.boot {
+            println!(
+                "  boot: DHCP {:?}, TFTP {:?}, HTTP {}",
+                boot.dhcp_addrs, boot.tftp_addr, boot.http_addr
+            );
+        }
         if lab > 0 {
             println!("  lab: {lab} simulated servers (even ones on Redfish, odd ones on IPMI)");
             let ready = stack

@@ -43,6 +43,13 @@ pub struct UpConfig {
     pub machines: vmetal_controller::machine::MachineControllerConfig,
     /// Address of the tenant cluster's API server (started with `--lab`; port 0 picks one).
     pub tenant_bind: SocketAddr,
+    /// Start the host and machine controllers (tests of `vmetal controller` run their own).
+    pub run_controller: bool,
+    /// Builds the agent API's client from the admin kubeconfig (default: a plain client);
+    /// tests wrap it to record the API calls the agent API makes.
+    pub agent_client: Option<fn(kube::Config) -> kube::Result<kube::Client>>,
+    /// DHCP, TFTP and HTTP boot on a provisioning interface (`--boot-interface`), if any.
+    pub boot: Option<vmetal_boot::service::BootOptions>,
 }
 
 impl UpConfig {
@@ -62,6 +69,9 @@ impl UpConfig {
             },
             machines: Default::default(),
             tenant_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            run_controller: true,
+            agent_client: None,
+            boot: None,
         }
     }
 }
@@ -100,7 +110,11 @@ pub struct Stack {
     pub tenant: Option<crate::tenant::TenantCluster>,
     agent_addr: SocketAddr,
     agent_task: JoinHandle<()>,
+    /// Metrics of the controller and agent API, served at `/metrics` on the agent address.
+    pub metrics: vmetal_controller::metrics::Metrics,
     controller: Option<(JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
+    /// The boot services, with `--boot-interface`.
+    pub boot: Option<vmetal_boot::RunningBoot>,
     config: UpConfig,
 }
 
@@ -131,19 +145,45 @@ impl Stack {
             .with_context(|| format!("cannot listen for agents on {}", config.agent_bind))?;
         let agent_addr = listener.local_addr()?;
         // The agent API gets its own client (and connection pool), independent of the controller.
+        let agent_client = match config.agent_client {
+            Some(make) => make(config_for(&apiserver).await?)
+                .context("cannot build the agent API's client")?,
+            None => client_for(&apiserver).await?,
+        };
         let agent_api = vmetal_provisioner::agent_api::AgentApi::new(
-            client_for(&apiserver).await?,
+            agent_client,
             None,
             Duration::from_millis(500),
         );
-        let app = vmetal_provisioner::agent_api::router(agent_api)
-            .nest_service("/images", tower_http::services::ServeDir::new(&images));
+        let metrics = vmetal_controller::metrics::Metrics::default();
+        metrics.leader.set(1);
+        let app = crate::observe::count_agent_requests(
+            vmetal_provisioner::agent_api::router(agent_api),
+            metrics.clone(),
+        )
+        .nest_service("/images", tower_http::services::ServeDir::new(&images))
+        .merge(crate::observe::routes(
+            metrics.clone(),
+            crate::observe::always_ready(),
+        ));
         let agent_task = tokio::spawn(async move {
             if let Err(err) = axum::serve(listener, app).await {
                 tracing::error!(%err, "agent API stopped");
             }
         });
 
+        let boot = match &config.boot {
+            Some(opts) => Some(
+                vmetal_boot::service::start_watching(
+                    opts.service_config(&format!("http://{agent_addr}"), &config.data_dir),
+                    client.clone(),
+                    None,
+                )
+                .await
+                .with_context(|| format!("cannot start the boot services on {}", opts.interface))?,
+            ),
+            None => None,
+        };
         let tenant = if config.lab > 0 {
             let tenant = crate::tenant::TenantCluster::start(
                 &config.data_dir.join("tenant"),
@@ -169,10 +209,14 @@ impl Stack {
             tenant,
             agent_addr,
             agent_task,
+            metrics,
             controller: None,
+            boot,
             config,
         };
-        stack.start_controller();
+        if stack.config.run_controller {
+            stack.start_controller();
+        }
         if stack.config.lab > 0 {
             let lab = stack.start_lab().await?;
             stack.lab = Some(lab);
@@ -205,7 +249,12 @@ impl Stack {
                 ..Default::default()
             },
         );
-        let ctx = Context::new(self.client.clone(), bmcs, self.config.controller.clone());
+        let ctx = Context::with_metrics(
+            self.client.clone(),
+            bmcs,
+            self.config.controller.clone(),
+            self.metrics.clone(),
+        );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let tenants: Vec<_> = self.tenant.iter().map(|t| t.controller_view()).collect();
         let (client, machines) = (self.client.clone(), self.config.machines.clone());
@@ -358,14 +407,19 @@ impl Stack {
 }
 
 async fn client_for(apiserver: &RunningApiServer) -> anyhow::Result<kube::Client> {
+    let config = config_for(apiserver).await?;
+    kube::Client::try_from(config).context("cannot build a Kubernetes client")
+}
+
+/// The admin client configuration from the API server's kubeconfig.
+pub async fn config_for(apiserver: &RunningApiServer) -> anyhow::Result<kube::Config> {
     let path = apiserver
         .kubeconfig_path()
         .context("the API server wrote no kubeconfig")?;
     let kubeconfig = Kubeconfig::read_from(path).context("cannot read the kubeconfig")?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .context("cannot load the kubeconfig")?;
-    kube::Client::try_from(config).context("cannot build a Kubernetes client")
+        .context("cannot load the kubeconfig")
 }
 
 /// Create the BMC Secret and BareMetalHost of a lab server unless they exist (restarts keep

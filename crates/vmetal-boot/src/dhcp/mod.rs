@@ -30,6 +30,22 @@ pub enum Mode {
     Off,
 }
 
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    /// `proxy`, `reservation` or `off`, as on the command line.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "proxy" => Ok(Self::Proxy),
+            "reservation" => Ok(Self::Reservation),
+            "off" => Ok(Self::Off),
+            other => Err(format!(
+                "unknown DHCP mode {other:?}: use proxy, reservation or off"
+            )),
+        }
+    }
+}
+
 /// An address range handed out in reservation mode to known hosts without an `ip-address`
 /// annotation (and, with `allow_unknown`, to anyone).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -57,6 +57,7 @@ pub async fn run(
     };
     let controller = Controller::new(hosts, watcher::Config::default());
     let store = controller.store();
+    ctx.metrics.watch_hosts(store.clone());
     let concurrency = ctx.config.concurrency;
     controller
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))

@@ -59,6 +59,14 @@ pub struct Work {
     pub status: BareMetalHostStatus,
     original: BareMetalHostStatus,
     events: Vec<HostEvent>,
+    // Transitions and finished operations, counted in metrics only once the status is saved.
+    unsaved: Vec<Unsaved>,
+}
+
+/// A metric waiting for the status write that makes it true.
+enum Unsaved {
+    Transition(ProvisioningState, ProvisioningState),
+    Operation(&'static str, Duration),
 }
 
 fn now() -> Time {
@@ -75,6 +83,7 @@ impl Work {
             host,
             ctx,
             events: Vec::new(),
+            unsaved: Vec::new(),
         }
     }
 
@@ -115,6 +124,7 @@ impl Work {
         }
         tracing::info!(host = %self.key(), from = %from, to = %to, "state change");
         self.status.provisioning.state = to;
+        self.unsaved.push(Unsaved::Transition(from, to));
         self.event(
             EventType::Normal,
             "StateChanged",
@@ -187,6 +197,18 @@ impl Work {
             metric.start = Some(now());
         }
         metric.end = Some(now());
+        let took = match (&metric.start, &metric.end) {
+            (Some(start), Some(end)) => Duration::try_from(end.0.duration_since(start.0)).ok(),
+            _ => None,
+        };
+        let name = match op {
+            Operation::Register => "register",
+            Operation::Inspect => "inspect",
+            Operation::Provision => "provision",
+            Operation::Deprovision => "deprovision",
+        };
+        self.unsaved
+            .push(Unsaved::Operation(name, took.unwrap_or_default()));
     }
 
     fn metric(&mut self, op: Operation) -> &mut OperationMetric {
@@ -362,6 +384,14 @@ impl Work {
                 .await
                 .map_err(|e| ControllerError::kube(self.key(), e))?;
             self.original = self.status.clone();
+        }
+        for saved in std::mem::take(&mut self.unsaved) {
+            match saved {
+                Unsaved::Transition(from, to) => {
+                    self.ctx.metrics.transition(from.as_str(), to.as_str())
+                }
+                Unsaved::Operation(name, took) => self.ctx.metrics.operation(name, took),
+            }
         }
         if !self.events.is_empty() {
             let reference: ObjectReference = self.host.object_ref(&());

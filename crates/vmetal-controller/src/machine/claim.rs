@@ -65,6 +65,9 @@ impl Unschedulable {
     }
 }
 
+/// Fewest shortfalls first, then the largest host.
+type ClosestRank = (usize, std::cmp::Reverse<(bool, i64, i64, i64)>);
+
 /// The `consumerRef` a claim by `machine` writes.
 pub fn consumer_ref(machine: &Machine) -> ObjectReference {
     ObjectReference {
@@ -154,7 +157,7 @@ pub fn candidates(
     let requirements = machine.spec.requirements.clone().unwrap_or_default();
     // Hosts not inspected yet might still fit: they count as busy, not as too small.
     // Closest = fewest shortfalls, then the most capable host.
-    let mut closest: Option<((usize, std::cmp::Reverse<(bool, i64, i64, i64)>), String)> = None;
+    let mut closest: Option<(ClosestRank, String)> = None;
     let mut possible = 0usize;
     let mut free = Vec::new();
     for host in &selected {
@@ -208,6 +211,41 @@ pub fn claimed_copy(host: &BareMetalHost, machine: &Machine) -> BareMetalHost {
     h
 }
 
+/// In-process hint of hosts another reconcile of this controller is claiming (or just claimed,
+/// before the watch cache shows it). Only reorders candidates so concurrent reconciles do not
+/// all contend for the same host; the resourceVersion check alone decides who wins.
+#[derive(Debug, Default)]
+pub struct Reservations {
+    held: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+/// How long a successful claim stays reserved (the watch cache catches up well before).
+const RESERVATION_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Reservations {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::time::Instant>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `key` is reserved.
+    pub fn is_held(&self, key: &str) -> bool {
+        self.lock()
+            .get(key)
+            .is_some_and(|t| t.elapsed() < RESERVATION_TTL)
+    }
+
+    fn hold(&self, key: &str) {
+        self.lock()
+            .insert(key.to_string(), std::time::Instant::now());
+    }
+
+    fn drop_hold(&self, key: &str) {
+        self.lock().remove(key);
+    }
+}
+
 /// How many times one candidate is re-read after a conflict before moving to the next.
 const REREADS_PER_HOST: usize = 3;
 
@@ -219,24 +257,46 @@ pub async fn claim(
     api: &Api<BareMetalHost>,
     candidates: &[Arc<BareMetalHost>],
     machine: &Machine,
+    reservations: &Reservations,
 ) -> Result<Option<BareMetalHost>, kube::Error> {
-    for candidate in candidates {
-        let mut current: BareMetalHost = (**candidate).clone();
-        for _ in 0..REREADS_PER_HOST {
-            if !is_free(&current) || !fits(&current, machine) {
-                break;
-            }
-            let name = current.name_any();
-            let claimed = claimed_copy(&current, machine);
-            match api.replace(&name, &PostParams::default(), &claimed).await {
-                Ok(host) => return Ok(Some(host)),
-                Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await? {
-                    Some(fresh) => current = fresh,
-                    None => break,
-                },
-                Err(kube::Error::Api(s)) if s.code == 404 => break,
-                Err(e) => return Err(e),
-            }
+    let key = |h: &BareMetalHost| format!("{}/{}", h.namespace().unwrap_or_default(), h.name_any());
+    // Hosts someone else here is claiming go last, in their original order.
+    let (free, held): (Vec<_>, Vec<_>) = candidates
+        .iter()
+        .partition(|h| !reservations.is_held(&key(h)));
+    for candidate in free.into_iter().chain(held) {
+        let host_key = key(candidate);
+        reservations.hold(&host_key);
+        let result = claim_one(api, candidate, machine).await;
+        match &result {
+            Ok(Some(_)) => return result,
+            _ => reservations.drop_hold(&host_key),
+        }
+        result?;
+    }
+    Ok(None)
+}
+
+async fn claim_one(
+    api: &Api<BareMetalHost>,
+    candidate: &BareMetalHost,
+    machine: &Machine,
+) -> Result<Option<BareMetalHost>, kube::Error> {
+    let mut current: BareMetalHost = candidate.clone();
+    for _ in 0..REREADS_PER_HOST {
+        if !is_free(&current) || !fits(&current, machine) {
+            break;
+        }
+        let name = current.name_any();
+        let claimed = claimed_copy(&current, machine);
+        match api.replace(&name, &PostParams::default(), &claimed).await {
+            Ok(host) => return Ok(Some(host)),
+            Err(kube::Error::Api(s)) if s.code == 409 => match api.get_opt(&name).await? {
+                Some(fresh) => current = fresh,
+                None => break,
+            },
+            Err(kube::Error::Api(s)) if s.code == 404 => break,
+            Err(e) => return Err(e),
         }
     }
     Ok(None)

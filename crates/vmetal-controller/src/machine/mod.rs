@@ -74,6 +74,8 @@ pub struct MachineContext {
     pub hosts: Store<BareMetalHost>,
     /// Tenant clusters whose Nodes are watched.
     pub tenants: Vec<TenantCluster>,
+    /// Hosts being claimed by other reconciles of this controller (a hint, see [`claim`]).
+    pub reservations: claim::Reservations,
 }
 
 impl MachineContext {
@@ -176,6 +178,7 @@ pub async fn run(
         client: client.clone(),
         hosts: host_store,
         tenants: tenants.clone(),
+        reservations: Default::default(),
     });
 
     let store_for_secrets = machine_store.clone();

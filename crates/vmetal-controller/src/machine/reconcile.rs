@@ -159,9 +159,14 @@ async fn step(machine: &Machine, ctx: &MachineContext, st: &mut MachineStatus) -
                     return Ok(Action::await_change());
                 }
             };
-            match claim::claim(&hosts_api(ctx, machine), &candidates, machine)
-                .await
-                .map_err(|e| MachineError::kube(format!("claim for {}", status::key(machine)), e))?
+            match claim::claim(
+                &hosts_api(ctx, machine),
+                &candidates,
+                machine,
+                &ctx.reservations,
+            )
+            .await
+            .map_err(|e| MachineError::kube(format!("claim for {}", status::key(machine)), e))?
             {
                 Some(h) => {
                     event(

@@ -98,8 +98,8 @@ pub fn addresses(host: &BareMetalHost) -> Vec<MachineAddress> {
     out
 }
 
-/// Comparing statuses without the transition timestamps' jitter is not needed: conditions keep
-/// their time unless their status flips, so equality means "nothing to write".
+/// Write `status` when it differs from what the Machine has (conditions keep their transition
+/// time unless their status flips, so an unchanged reconcile writes nothing).
 pub async fn save(
     api: &Api<Machine>,
     machine: &Machine,
