@@ -25,21 +25,31 @@ fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
         })
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
 /// Poll until every host is in `want`; per-host time from `start` to first seen there.
-async fn wait_all(hosts: &Api<BareMetalHost>, n: usize, want: ProvisioningState, start: Instant) -> (Duration, Vec<Duration>) {
+async fn wait_all(
+    hosts: &Api<BareMetalHost>,
+    n: usize,
+    want: ProvisioningState,
+    start: Instant,
+) -> (Duration, Vec<Duration>) {
     let mut seen: HashMap<String, Duration> = HashMap::new();
     loop {
         let list = hosts.list(&ListParams::default()).await.unwrap();
         for h in &list.items {
-            if h.provisioning_state() == want && h.status.as_ref().is_some_and(|s| s.error_type.is_none()) {
-                seen.entry(h.metadata.name.clone().unwrap_or_default()).or_insert_with(|| start.elapsed());
+            if h.provisioning_state() == want
+                && h.status.as_ref().is_some_and(|s| s.error_type.is_none())
+            {
+                seen.entry(h.metadata.name.clone().unwrap_or_default())
+                    .or_insert_with(|| start.elapsed());
             }
         }
         if seen.len() >= n {
@@ -47,14 +57,21 @@ async fn wait_all(hosts: &Api<BareMetalHost>, n: usize, want: ProvisioningState,
             per.sort();
             return (start.elapsed(), per);
         }
-        assert!(start.elapsed() < Duration::from_secs(600), "only {}/{n} hosts reached {want}", seen.len());
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "only {}/{n} hosts reached {want}",
+            seen.len()
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let n: u32 = std::env::var("LAB_HOSTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let n: u32 = std::env::var("LAB_HOSTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     let dir = tempfile::tempdir().unwrap();
     let mut config = UpConfig::new(dir.path().to_path_buf());
     config.apiserver_bind = "127.0.0.1:0".parse().unwrap();
@@ -84,7 +101,14 @@ async fn main() {
     let patch = json!({"spec": {"online": true, "image": {"url": url, "checksum": format!("{url}.sha256sum"), "checksumType": "sha256", "format": "raw"}}});
     let start = Instant::now();
     for i in 1..=n {
-        hosts.patch(&format!("server-{i}"), &PatchParams::default(), &Patch::Merge(patch.clone())).await.unwrap();
+        hosts
+            .patch(
+                &format!("server-{i}"),
+                &PatchParams::default(),
+                &Patch::Merge(patch.clone()),
+            )
+            .await
+            .unwrap();
     }
     let (total, per) = wait_all(&hosts, n as usize, ProvisioningState::Provisioned, start).await;
     println!(
@@ -95,6 +119,9 @@ async fn main() {
         percentile(&per, 0.99).as_secs_f64(),
     );
     println!("operation slots {limit}, reconcile concurrency {concurrency}");
-    println!("peak RSS of the whole process (API server + controller + agent API + {n} simulated servers and agents): {:.0} MiB", peak_rss_mib());
+    println!(
+        "peak RSS of the whole process (API server + controller + agent API + {n} simulated servers and agents): {:.0} MiB",
+        peak_rss_mib()
+    );
     stack.stop().await;
 }
