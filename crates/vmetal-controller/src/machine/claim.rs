@@ -216,7 +216,15 @@ pub fn claimed_copy(host: &BareMetalHost, machine: &Machine) -> BareMetalHost {
 /// all contend for the same host; the resourceVersion check alone decides who wins.
 #[derive(Debug, Default)]
 pub struct Reservations {
-    held: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Host key → when it was reserved and the resourceVersion our claim wrote, if known.
+    held: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Option<u64>)>>,
+}
+
+fn rv_of(h: &BareMetalHost) -> Option<u64> {
+    h.metadata
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
 }
 
 /// How long a successful claim stays reserved (the watch cache catches up well before).
@@ -225,20 +233,33 @@ const RESERVATION_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 impl Reservations {
     fn lock(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, std::time::Instant>> {
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, (std::time::Instant, Option<u64>)>,
+    > {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether `key` is reserved.
-    pub fn is_held(&self, key: &str) -> bool {
-        self.lock()
-            .get(key)
-            .is_some_and(|t| t.elapsed() < RESERVATION_TTL)
+    /// Whether `key` is reserved, as seen in a cache copy at `seen_rv`: a copy newer than our
+    /// claim (the host was released since) is not held any more.
+    pub fn is_held(&self, key: &str, seen_rv: Option<u64>) -> bool {
+        self.lock().get(key).is_some_and(|(t, claimed_rv)| {
+            t.elapsed() < RESERVATION_TTL
+                && match (claimed_rv, seen_rv) {
+                    (Some(claimed), Some(seen)) => seen <= *claimed,
+                    _ => true,
+                }
+        })
     }
 
     fn hold(&self, key: &str) {
         self.lock()
-            .insert(key.to_string(), std::time::Instant::now());
+            .insert(key.to_string(), (std::time::Instant::now(), None));
+    }
+
+    fn claimed_at(&self, key: &str, rv: Option<u64>) {
+        self.lock()
+            .insert(key.to_string(), (std::time::Instant::now(), rv));
     }
 
     fn drop_hold(&self, key: &str) {
@@ -263,13 +284,16 @@ pub async fn claim(
     // Hosts someone else here is claiming go last, in their original order.
     let (free, held): (Vec<_>, Vec<_>) = candidates
         .iter()
-        .partition(|h| !reservations.is_held(&key(h)));
+        .partition(|h| !reservations.is_held(&key(h), rv_of(h)));
     for candidate in free.into_iter().chain(held) {
         let host_key = key(candidate);
         reservations.hold(&host_key);
         let result = claim_one(api, candidate, machine).await;
         match &result {
-            Ok(Some(_)) => return result,
+            Ok(Some(host)) => {
+                reservations.claimed_at(&host_key, rv_of(host));
+                return result;
+            }
             _ => reservations.drop_hold(&host_key),
         }
         result?;
