@@ -6,7 +6,6 @@
 //! dhcp_load serve --interface IF --server-ip IP --macs N
 //! dhcp_load load  --interface IF --macs N --concurrency C --seconds S [--warmup S] [--label L]
 //! ```
-#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};

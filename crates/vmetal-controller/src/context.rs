@@ -52,6 +52,10 @@ pub struct Context {
     pub config: ControllerConfig,
     /// Hosts holding an operation slot (`namespace/name`).
     pub busy: Mutex<HashSet<String>>,
+    /// The resourceVersion of the last write to each host (`namespace/name`), so a reconcile
+    /// that runs on a cached copy older than our own write waits for the cache instead of
+    /// repeating work.
+    pub written: Mutex<std::collections::HashMap<String, u64>>,
     /// Prometheus metrics (transitions, operation durations, BMC calls).
     pub metrics: Metrics,
 }
@@ -75,6 +79,7 @@ impl Context {
             bmcs,
             config,
             busy: Mutex::new(HashSet::new()),
+            written: Mutex::new(std::collections::HashMap::new()),
             metrics,
         })
     }
@@ -90,6 +95,39 @@ impl Context {
         }
         busy.insert(host.to_string());
         true
+    }
+
+    /// Remember the resourceVersion a write of `host` produced.
+    pub fn wrote(&self, host: &str, object: &impl kube::Resource) {
+        if let Some(rv) = object
+            .meta()
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = written.entry(host.to_string()).or_insert(0);
+            *slot = (*slot).max(rv);
+        }
+    }
+
+    /// Whether `object` is older than our last write of `host` (the cache has not caught up).
+    /// resourceVersions are compared as numbers, which holds for etcd and the embedded server;
+    /// anything else is never considered stale.
+    pub fn is_stale(&self, host: &str, object: &impl kube::Resource) -> bool {
+        let Some(seen) = object
+            .meta()
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            return false;
+        };
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
+            .is_some_and(|w| seen < *w)
     }
 
     /// Give back `host`'s slot.

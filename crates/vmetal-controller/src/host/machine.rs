@@ -34,6 +34,15 @@ pub async fn reconcile(host: Arc<BareMetalHost>, ctx: Arc<Context>) -> Outcome {
     if host.is_paused() {
         return Ok(Action::await_change());
     }
+    let key = format!(
+        "{}/{}",
+        host.metadata.namespace.as_deref().unwrap_or_default(),
+        host.metadata.name.as_deref().unwrap_or_default()
+    );
+    if ctx.is_stale(&key, host.as_ref()) {
+        // Our own last write has not reached the cache yet; its watch event wakes us again.
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
     let mut w = Work::new(host, ctx);
     let action = step(&mut w).await;
     // Save what was learned even when the step failed part-way.
@@ -676,6 +685,24 @@ async fn run_cycle(
             Ok(b) => b,
             Err(a) => return Ok(CycleProgress::Waiting(a)),
         };
+        if state.token_sha256.is_some() {
+            // A controller died between booting the agent and marking it booted, and the agent
+            // already took this cycle's token. The reboot below kills that agent, so revoke its
+            // token first: the agent that boots next can look up again.
+            w.secrets()
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"data": {
+                        vmetal_provisioner::cycle::KEY_TOKEN_SHA256: null,
+                        vmetal_provisioner::cycle::KEY_REPORT: null,
+                    }})),
+                )
+                .await
+                .map_err(|e| {
+                    ControllerError::kube(format!("Secret {}/{name}", w.namespace()), e)
+                })?;
+        }
         let boot = BootOverride::once(BootDevice::Pxe, boot_mode(&w.host));
         if let Err(e) = bmc.set_boot_device(boot).await {
             return Ok(CycleProgress::Waiting(

@@ -342,7 +342,8 @@ impl Work {
 
     /// Add or remove a finalizer / annotation with a merge patch on metadata.
     pub async fn patch_metadata(&self, patch: serde_json::Value) -> Result<(), ControllerError> {
-        self.api()
+        let written = self
+            .api()
             .patch(
                 &self.host.name_any(),
                 &PatchParams::default(),
@@ -350,6 +351,7 @@ impl Work {
             )
             .await
             .map_err(|e| ControllerError::kube(self.key(), e))?;
+        self.ctx.wrote(&self.key(), &written);
         Ok(())
     }
 
@@ -375,7 +377,8 @@ impl Work {
                 object: self.key(),
                 reason: e.to_string(),
             })?;
-            self.api()
+            let written = self
+                .api()
                 .patch_status(
                     &self.host.name_any(),
                     &PatchParams::default(),
@@ -383,6 +386,7 @@ impl Work {
                 )
                 .await
                 .map_err(|e| ControllerError::kube(self.key(), e))?;
+            self.ctx.wrote(&self.key(), &written);
             self.original = self.status.clone();
         }
         for saved in std::mem::take(&mut self.unsaved) {
