@@ -5,6 +5,6 @@ mod bmc;
 mod client;
 mod model;
 mod plan;
-mod tls;
+pub mod tls;
 
 pub use bmc::RedfishBmc;

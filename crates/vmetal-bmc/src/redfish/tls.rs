@@ -11,13 +11,13 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 
 /// Why a TLS configuration could not be built (a bad CA, mostly).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TlsSetupError(pub String);
+pub struct TlsSetupError(pub String);
 
 /// A client configuration using the ring provider.
 ///
 /// With `disable_verification` the server certificate is not checked (handshake signatures
 /// still are); otherwise it must chain to a Mozilla root or one of `extra_ca_pems`.
-pub(crate) fn client_config(
+pub fn client_config(
     disable_verification: bool,
     extra_ca_pems: &[String],
 ) -> Result<ClientConfig, TlsSetupError> {
