@@ -20,7 +20,6 @@ use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use vmetal_api::host::annotations::MACHINE_LABEL;
@@ -68,8 +67,6 @@ impl Default for MachineControllerConfig {
 pub struct MachineContext {
     /// Host-cluster client.
     pub client: kube::Client,
-    /// Publishes Events about Machines.
-    pub recorder: Recorder,
     /// Every BareMetalHost, as last seen by the watch; claims re-check with a CAS write.
     pub hosts: Store<BareMetalHost>,
     /// Tenant clusters whose Nodes are watched.
@@ -169,12 +166,7 @@ pub async fn run(
     .filter_map(|r| async move { r.ok() })
     .flat_map(move |host| futures::stream::iter(host_to_machines(&host, &store_for_map)));
 
-    let reporter = Reporter {
-        controller: "vmetal-machine-controller".into(),
-        instance: std::env::var("HOSTNAME").ok(),
-    };
     let ctx = Arc::new(MachineContext {
-        recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         hosts: host_store,
         tenants: tenants.clone(),

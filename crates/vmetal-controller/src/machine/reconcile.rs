@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Node, Secret, SecretReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use vmetal_api::host::annotations::MACHINE_LABEL;
@@ -77,16 +77,16 @@ pub(super) async fn event(
     reason: &str,
     note: &str,
 ) {
-    let ev = Event {
-        type_: kind,
+    // core/v1 Events, like the host controller's: what `kubectl describe machine` shows.
+    let ev = crate::events::HostEvent {
+        kind: match kind {
+            EventType::Normal => crate::events::EventKind::Normal,
+            EventType::Warning => crate::events::EventKind::Warning,
+        },
         reason: reason.into(),
-        note: Some(note.into()),
-        action: reason.into(),
-        secondary: None,
+        message: note.into(),
     };
-    if let Err(err) = ctx.recorder.publish(&ev, &machine.object_ref(&())).await {
-        tracing::debug!(machine = %status::key(machine), %err, "cannot publish event");
-    }
+    crate::events::record(&ctx.client, &machine.object_ref(&()), &ev).await;
 }
 
 fn pending(st: &mut MachineStatus, generation: Option<i64>, reason: &str, message: String) {
