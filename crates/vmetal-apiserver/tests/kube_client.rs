@@ -128,6 +128,16 @@ async fn controller_observes_the_whole_life_of_a_host_in_order() {
         }
     };
 
+    // Start from a fully listed, empty watch so the create arrives as a change, not in the list.
+    let mut listed = false;
+    for _ in 0..500 {
+        if events.lock().unwrap().iter().any(|e| e == "init") {
+            listed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(listed, "the watcher never finished its initial list");
     let created = hosts
         .create(&PostParams::default(), &host("h1"))
         .await
