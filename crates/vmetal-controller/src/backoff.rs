@@ -6,10 +6,15 @@ use std::time::Duration;
 /// Delay before retry number `error_count` (1-based): `base * 2^(n-1)`, capped, minus up to
 /// half of it at random so hosts that failed together do not retry together.
 pub fn delay(error_count: i32, base: Duration, cap: Duration) -> Duration {
-    let n = error_count.clamp(1, 20) as u32 - 1;
-    let full = base.saturating_mul(1u32 << n.min(16)).min(cap);
+    let full = full_delay(error_count, base, cap);
     let jitter = full.mul_f64(random_unit() * 0.5);
     full.saturating_sub(jitter).max(Duration::from_millis(100))
+}
+
+/// The back-off before jitter: `base * 2^(n-1)`, capped (n clamped to 1..=20).
+pub fn full_delay(error_count: i32, base: Duration, cap: Duration) -> Duration {
+    let n = error_count.clamp(1, 20) as u32 - 1;
+    base.saturating_mul(1u32 << n.min(16)).min(cap)
 }
 
 /// A random number in [0, 1).

@@ -762,11 +762,7 @@ async fn run_cycle(
 /// count (without jitter, so repeated reconciles agree), counted from the last status write.
 fn backoff_remaining(w: &Work) -> Option<Duration> {
     let cfg = &w.ctx.config;
-    let n = w.status.error_count.clamp(1, 20) as u32 - 1;
-    let full = cfg
-        .backoff_base
-        .saturating_mul(1u32 << n.min(16))
-        .min(cfg.backoff_cap);
+    let full = crate::backoff::full_delay(w.status.error_count, cfg.backoff_base, cfg.backoff_cap);
     let since = w.status.last_updated.as_ref()?.0;
     let elapsed = k8s_openapi::jiff::Timestamp::now().duration_since(since);
     let elapsed = Duration::try_from(elapsed).unwrap_or_default();
