@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod bmc_address;
+pub mod ca_hash;
 pub mod crds;
 pub mod hardware;
 pub mod host;

@@ -178,6 +178,13 @@ impl Access {
         Ok(Arc::new(config))
     }
 
+    /// kubeadm's `--discovery-token-ca-cert-hash` of the CA (`sha256:<hex>` of its public key).
+    pub fn ca_cert_hash(&self) -> Result<String, AccessError> {
+        let der = CertificateDer::from_pem_slice(self.ca_pem.as_bytes())
+            .map_err(|e| AccessError::Tls(format!("the CA certificate is not PEM: {e}")))?;
+        vmetal_api::ca_hash::ca_cert_hash(&der).map_err(|e| AccessError::Tls(e.to_string()))
+    }
+
     /// A kubeconfig for `server_url` (context `vmetal`).
     pub fn kubeconfig(&self, server_url: &str) -> String {
         let ca = base64::engine::general_purpose::STANDARD.encode(self.ca_pem.as_bytes());
@@ -289,6 +296,32 @@ pub mod bootstrap {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ca_cert_hash_is_the_hash_of_the_ca_public_key() {
+        use sha2::Digest;
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        let access = Access {
+            ca_pem: ca.pem(),
+            cert_pem: String::new(),
+            key_pem: String::new(),
+            token: String::new(),
+        };
+        // The key's SubjectPublicKeyInfo, from its PEM ("PUBLIC KEY" is SPKI in DER).
+        let pem = key.public_key_pem();
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let spki = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        let want: String = sha2::Sha256::digest(spki)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(access.ca_cert_hash().unwrap(), format!("sha256:{want}"));
+    }
 
     #[test]
     fn material_is_created_once_and_reused() {

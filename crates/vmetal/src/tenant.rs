@@ -56,6 +56,16 @@ impl TenantCluster {
             .to_string()
     }
 
+    /// `sha256:<hex>` of the cluster CA's public key, for `kubeadm join
+    /// --discovery-token-ca-cert-hash`.
+    pub fn ca_cert_hash(&self) -> anyhow::Result<String> {
+        self.apiserver
+            .access()
+            .context("the tenant API server runs without TLS")?
+            .ca_cert_hash()
+            .context("cannot hash the tenant cluster's CA certificate")
+    }
+
     /// The kubeconfig of the tenant cluster.
     pub fn kubeconfig_path(&self) -> Option<&Path> {
         self.apiserver.kubeconfig_path()
