@@ -15,6 +15,7 @@ use vmetal_api::states::{ChecksumType, ImageFormat};
 
 use crate::client::http_client;
 use crate::error::{AgentError, redact_url};
+use crate::growing::{Downloaded, GrowingFile};
 
 /// Write and hash in chunks of this size.
 const CHUNK: usize = 1 << 20;
@@ -143,18 +144,25 @@ pub async fn write_image(
 
     match format {
         ImageFormat::Qcow2 => {
-            let (tmp, downloaded, actual) =
-                download_to_temp(resp, &url, expected.algorithm, &mut |d| {
-                    step("downloading", d, total)
-                })
-                .await?;
-            verify(&url, &expected, &actual)?;
             drop(dev);
-            let (image_end, written_sha256) =
-                convert_off_thread(tmp.path(), &url, device, device_size, &mut |d, t| {
-                    step("writing", d, Some(t))
-                })
-                .await?;
+            let step = std::sync::Mutex::new(step);
+            let (tmp, downloaded, actual, image_end, written_sha256) = qcow2_while_downloading(
+                resp,
+                &url,
+                expected.algorithm,
+                total,
+                device,
+                device_size,
+                &mut |d| (step.lock().unwrap_or_else(|p| p.into_inner()))("downloading", d, total),
+                &mut |d, t| (step.lock().unwrap_or_else(|p| p.into_inner()))("writing", d, Some(t)),
+            )
+            .await?;
+            drop(tmp);
+            if let Err(e) = verify(&url, &expected, &actual) {
+                // The image was written while it arrived: never leave it bootable.
+                wipe_start(device, image_end).await?;
+                return Err(e);
+            }
             Ok(WriteReport {
                 image_end,
                 downloaded,
@@ -217,12 +225,8 @@ pub async fn write_image(
             step("writing", written, total);
             if let Err(e) = verify(&url, &expected, &image_hash.hex()) {
                 // Never leave a bootable half-verified image behind.
-                let zeros = vec![0u8; written.min(CHUNK as u64) as usize];
-                dev.seek(std::io::SeekFrom::Start(0))
-                    .await
-                    .map_err(io("seeking"))?;
-                dev.write_all(&zeros).await.map_err(io("wiping"))?;
-                dev.sync_all().await.map_err(io("syncing"))?;
+                drop(dev);
+                wipe_start(device, written).await?;
                 return Err(e);
             }
             Ok(WriteReport {
@@ -429,47 +433,164 @@ fn verify(url: &str, expected: &ExpectedChecksum, actual: &str) -> Result<(), Ag
     })
 }
 
-/// Download the body into a temporary file, hashing it; returns the file, its size and digest.
-async fn download_to_temp(
+/// Zero the first MiB (at most `written` bytes) of `device`: what was written must not boot.
+async fn wipe_start(device: &Path, written: u64) -> Result<(), AgentError> {
+    let io = |op| move |e| AgentError::disk(device, op, e);
+    let mut dev = tokio::fs::OpenOptions::new()
+        .write(true)
+        .open(device)
+        .await
+        .map_err(io("opening"))?;
+    let zeros = vec![0u8; written.min(CHUNK as u64) as usize];
+    dev.write_all(&zeros).await.map_err(io("wiping"))?;
+    dev.sync_all().await.map_err(io("syncing"))
+}
+
+/// How much the downloader buffers before writing and telling the converter.
+const DOWNLOAD_FLUSH: usize = 4 << 20;
+
+/// Download the body into a temporary file, hashing it and publishing how far it is after
+/// each flushed write; returns the file's size and digest.
+async fn download_into(
     resp: reqwest::Response,
     url: &str,
     algorithm: ChecksumType,
+    tmp: &tempfile::NamedTempFile,
+    published: &tokio::sync::watch::Sender<Downloaded>,
     progress: &mut impl FnMut(u64),
-) -> Result<(tempfile::NamedTempFile, u64, String), AgentError> {
-    let tmp = tempfile::Builder::new()
-        .prefix("vmetal-image-")
-        .tempfile()
-        .map_err(|e| AgentError::disk(&std::env::temp_dir(), "creating a temporary file in", e))?;
+) -> Result<(u64, String), AgentError> {
     let tmp_path = tmp.path().to_path_buf();
     let io = |e| AgentError::disk(&tmp_path, "writing", e);
     let mut out = tokio::fs::File::from_std(tmp.reopen().map_err(io)?);
     let mut hash = Hasher::new(algorithm);
     let mut stream = resp.bytes_stream();
+    let mut buf: Vec<u8> = Vec::with_capacity(DOWNLOAD_FLUSH);
     let mut done = 0u64;
     let mut reported = 0u64;
     loop {
         let next = tokio::time::timeout(STALL_TIMEOUT, stream.next())
             .await
             .map_err(|_| download_error(url, "no data for 120 s".into()))?;
-        let Some(chunk) = next else { break };
-        let chunk = chunk.map_err(|e| download_error(url, reqwest_reason(&e)))?;
+        let chunk = match next {
+            Some(chunk) => chunk.map_err(|e| download_error(url, reqwest_reason(&e)))?,
+            None => bytes::Bytes::new(),
+        };
+        let end = chunk.is_empty();
         hash.update(&chunk);
-        out.write_all(&chunk).await.map_err(io)?;
-        done += chunk.len() as u64;
-        if done - reported >= PROGRESS_EVERY {
-            reported = done;
-            progress(done);
+        buf.extend_from_slice(&chunk);
+        if buf.len() >= DOWNLOAD_FLUSH || (end && !buf.is_empty()) {
+            out.write_all(&buf).await.map_err(io)?;
+            // tokio's File hands writes to a thread: flush so the converter can read them.
+            out.flush().await.map_err(io)?;
+            done += buf.len() as u64;
+            buf.clear();
+            published.send_modify(|p| p.bytes = done);
+            if done - reported >= PROGRESS_EVERY {
+                reported = done;
+                progress(done);
+            }
+        }
+        if end {
+            break;
         }
     }
-    out.flush().await.map_err(io)?;
     progress(done);
-    Ok((tmp, done, hash.hex()))
+    Ok((done, hash.hex()))
+}
+
+/// Download a qcow2 image into a temporary file and convert it onto `device` at the same time
+/// (the converter's reads wait for the bytes they need). Returns the file, the bytes
+/// downloaded and their digest, the virtual size and the SHA-256 of what was written.
+#[allow(clippy::too_many_arguments)]
+async fn qcow2_while_downloading(
+    resp: reqwest::Response,
+    url: &str,
+    algorithm: ChecksumType,
+    total: Option<u64>,
+    device: &Path,
+    device_size: u64,
+    download_progress: &mut impl FnMut(u64),
+    write_progress: &mut impl FnMut(u64, u64),
+) -> Result<(tempfile::NamedTempFile, u64, String, u64, String), AgentError> {
+    let tmp = tempfile::Builder::new()
+        .prefix("vmetal-image-")
+        .tempfile()
+        .map_err(|e| AgentError::disk(&std::env::temp_dir(), "creating a temporary file in", e))?;
+    let (tx, rx) = tokio::sync::watch::channel(Downloaded::default());
+    let (downloaded, converted) = {
+        let download = async {
+            let r = download_into(resp, url, algorithm, &tmp, &tx, download_progress).await;
+            tx.send_modify(|p| {
+                p.finished = Some(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            });
+            r
+        };
+        let convert = async {
+            // Without a Content-Length the file's final size is only known at the end.
+            let size = match total {
+                Some(t) => t,
+                None => wait_finished(rx.clone()).await,
+            };
+            convert_off_thread(
+                tmp.path(),
+                size,
+                rx.clone(),
+                url,
+                device,
+                device_size,
+                write_progress,
+            )
+            .await
+        };
+        tokio::pin!(download, convert);
+        let mut downloaded = None;
+        let mut converted = None;
+        while downloaded.is_none() || converted.is_none() {
+            tokio::select! {
+                r = &mut download, if downloaded.is_none() => downloaded = Some(r?),
+                r = &mut convert, if converted.is_none() => match r {
+                    Ok(v) => converted = Some(v),
+                    // A failed download makes the converter fail too; report the download.
+                    Err(e) => match rx.borrow().finished.clone() {
+                        Some(Err(_)) if downloaded.is_none() => {}
+                        _ => return Err(e),
+                    },
+                },
+            }
+        }
+        (downloaded, converted)
+    };
+    let (bytes, digest) =
+        downloaded.ok_or_else(|| download_error(url, "the download stopped".into()))?;
+    let (image_end, written_sha256) = converted.ok_or_else(|| AgentError::ImageFormat {
+        url: url.to_string(),
+        reason: "the qcow2 conversion stopped".into(),
+    })?;
+    Ok((tmp, bytes, digest, image_end, written_sha256))
+}
+
+/// The final size once the download has finished (0 if it failed; the converter then fails
+/// on its first read and the download's error is reported).
+async fn wait_finished(mut rx: tokio::sync::watch::Receiver<Downloaded>) -> u64 {
+    loop {
+        {
+            let p = rx.borrow_and_update();
+            if p.finished.is_some() {
+                return p.bytes;
+            }
+        }
+        if rx.changed().await.is_err() {
+            return 0;
+        }
+    }
 }
 
 /// Run [`qcow2_to_device`] on a blocking thread with its own small runtime (imago's futures
 /// are not `Send`, and the conversion is disk-bound anyway), relaying progress.
 async fn convert_off_thread(
     src: &Path,
+    src_size: u64,
+    downloaded: tokio::sync::watch::Receiver<Downloaded>,
     url: &str,
     device: &Path,
     device_size: u64,
@@ -484,6 +605,8 @@ async fn convert_off_thread(
             .map_err(|e| AgentError::disk(&dev, "starting the converter for", e))?;
         rt.block_on(qcow2_to_device(
             &src,
+            src_size,
+            downloaded,
             &url_owned,
             &dev,
             device_size,
@@ -514,36 +637,32 @@ async fn convert_off_thread(
 /// already zero, which keeps sparse disk files sparse.
 async fn qcow2_to_device(
     src: &Path,
+    src_size: u64,
+    downloaded: tokio::sync::watch::Receiver<Downloaded>,
     url: &str,
     device: &Path,
     device_size: u64,
     progress: &mut impl FnMut(u64, u64),
 ) -> Result<(u64, String), AgentError> {
     use imago::qcow2::Qcow2;
-    use imago::{
-        DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, Mapping, Storage,
-        StorageOpenOptions,
-    };
+    use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, Mapping, StorageExt};
 
     let bad = |reason: String| AgentError::ImageFormat {
         url: url.to_string(),
         reason,
     };
-    let mut magic = [0u8; 4];
-    let mut f = tokio::fs::File::open(src)
+    let storage = GrowingFile::open(src, src_size, downloaded)
         .await
-        .map_err(|e| AgentError::disk(src, "reading", e))?;
-    if f.read_exact(&mut magic).await.is_err() || magic != *b"QFI\xfb" {
+        .map_err(|e| AgentError::disk(src, "opening", e))?;
+    let mut magic = [0u8; 4];
+    if src_size < 4 || storage.read(&mut magic[..], 0).await.is_err() || magic != *b"QFI\xfb" {
         return Err(bad(
             "format qcow2 was given but the image is not a qcow2 file".into(),
         ));
     }
-    let storage = imago::file::File::open(StorageOpenOptions::new().filename(src))
-        .await
-        .map_err(|e| AgentError::disk(src, "opening", e))?;
     // Implicit opens (backing files, external data files) would read local files named by
     // an untrusted image: refuse them.
-    let qcow2 = Qcow2::<imago::file::File>::builder(storage)
+    let qcow2 = Qcow2::<GrowingFile>::builder(storage)
         .open(DenyImplicitOpenGate::default())
         .await
         .map_err(|e| bad(format!("not a usable qcow2 image: {e}")))?;
@@ -708,5 +827,104 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("live-iso"), "{err}");
+    }
+
+    /// Serve `body` once per connection, announcing `announced` bytes and sending only `send`.
+    async fn lying_server(body: Vec<u8>, announced: usize, send: usize) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut req = vec![0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut sock, &mut req).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {announced}\r\nConnection: close\r\n\r\n"
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(&body[..send]).await;
+                let _ = sock.shutdown().await;
+            }
+        });
+        format!("http://{addr}/image.qcow2")
+    }
+
+    /// 24 MiB of raw content (a pattern, with a zero hole) and its qcow2 conversion.
+    fn qcow2_fixture(dir: &Path) -> (Vec<u8>, Vec<u8>) {
+        let mut raw = vec![0u8; 24 << 20];
+        for (i, b) in raw.iter_mut().enumerate() {
+            if !(8 << 20..12 << 20).contains(&i) {
+                *b = (i * 7 % 251) as u8;
+            }
+        }
+        let raw_path = dir.join("img.raw");
+        std::fs::write(&raw_path, &raw).unwrap();
+        let out = std::process::Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw_path)
+            .arg(dir.join("img.qcow2"))
+            .output()
+            .expect("qemu-img (package qemu-utils) is required");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (raw, std::fs::read(dir.join("img.qcow2")).unwrap())
+    }
+
+    fn sha256_hex(b: &[u8]) -> String {
+        hex(&Sha256::digest(b))
+    }
+
+    #[tokio::test]
+    async fn qcow2_converts_while_downloading_and_reports_a_cut_download_as_a_download_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (raw, qcow) = qcow2_fixture(dir.path());
+        let device = dir.path().join("disk");
+        let deploy = |url: String, checksum: String| DeployCommand {
+            id: "d".into(),
+            image_url: url,
+            checksum,
+            checksum_type: Some(ChecksumType::Sha256),
+            format: Some(ImageFormat::Qcow2),
+            root_device_hints: None,
+            config_drive: None,
+        };
+
+        // Whole image: the disk holds the raw content.
+        std::fs::write(&device, vec![0xffu8; 32 << 20]).unwrap();
+        let url = lying_server(qcow.clone(), qcow.len(), qcow.len()).await;
+        let report = write_image(&deploy(url, sha256_hex(&qcow)), &device, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(report.image_end, raw.len() as u64);
+        assert_eq!(report.downloaded, qcow.len() as u64);
+        let disk = std::fs::read(&device).unwrap();
+        assert!(disk[..raw.len()] == raw[..], "the disk holds the image");
+        assert_eq!(report.written_sha256, sha256_hex(&raw));
+
+        // The connection drops after 60%: a download error, not a format error.
+        let url = lying_server(qcow.clone(), qcow.len(), qcow.len() * 6 / 10).await;
+        let err = write_image(&deploy(url, sha256_hex(&qcow)), &device, |_| {})
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            vmetal_api::agent::AgentErrorKind::ImageDownload,
+            "{err}"
+        );
+
+        // Right bytes, wrong checksum: a checksum error, and what was written cannot boot.
+        let url = lying_server(qcow.clone(), qcow.len(), qcow.len()).await;
+        let err = write_image(&deploy(url, SHA256_A.into()), &device, |_| {})
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.kind(),
+            vmetal_api::agent::AgentErrorKind::ChecksumMismatch,
+            "{err}"
+        );
+        let disk = std::fs::read(&device).unwrap();
+        assert!(disk[..1 << 20].iter().all(|b| *b == 0), "first MiB wiped");
     }
 }

@@ -11,6 +11,7 @@ pub mod configdrive;
 pub mod error;
 pub mod fat;
 pub mod fixture;
+pub mod growing;
 pub mod image;
 pub mod inventory;
 pub mod partition;
