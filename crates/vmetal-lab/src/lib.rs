@@ -8,6 +8,7 @@ pub mod agent_backend;
 pub mod faults;
 pub mod ipmi;
 pub mod join;
+pub mod qemu;
 pub mod rack;
 pub mod redfish;
 pub mod sim;

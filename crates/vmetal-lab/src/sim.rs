@@ -4,7 +4,7 @@
 //! Both the Redfish and IPMI front ends change the same state, so a test can power a server on
 //! over IPMI and see it on over Redfish.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use vmetal_bmc::{BootDevice, BootModeOverride, BootOverride, PowerState};
 
@@ -31,6 +31,11 @@ pub trait ServerBackend: Send + Sync {
     fn boot(&self, source: &BootSource, mode: BootModeOverride);
     /// The server was powered off.
     fn power_off(&self);
+    /// A graceful shutdown was asked for (ACPI power button); a backend without a guest OS to
+    /// ask powers off at once.
+    fn soft_off(&self) {
+        self.power_off();
+    }
 }
 
 /// Fixed identity of a simulated server, reported by both BMC front ends.
@@ -183,9 +188,49 @@ impl SimulatedServer {
         }
     }
 
-    /// Graceful shutdown: the simulated OS obliges at once.
+    /// Graceful shutdown: the power reads Off at once (the simulated OS obliges); the backend
+    /// is asked to shut its guest down gracefully. No-op when already off.
     pub fn soft_off(&self) {
-        self.power_off();
+        {
+            let mut st = lock(&self.inner.state);
+            if st.power == PowerState::Off {
+                return;
+            }
+            st.power = PowerState::Off;
+        }
+        if let Some(b) = self.backend() {
+            b.soft_off();
+        }
+    }
+
+    /// The backend saw its guest power itself off: the power reads Off and the backend is not
+    /// told (it knows). Returns whether the server was on.
+    pub fn guest_powered_off(&self) -> bool {
+        let mut st = lock(&self.inner.state);
+        let was_on = st.power == PowerState::On;
+        st.power = PowerState::Off;
+        was_on
+    }
+
+    /// The backend saw its guest reboot itself: boot again as a firmware would, consuming a
+    /// one-time override (so a one-time PXE boot is followed by disk boots). Does nothing and
+    /// returns false when the server is off (a power-off raced the reboot).
+    pub fn guest_reset(&self) -> bool {
+        let boot = {
+            let mut st = lock(&self.inner.state);
+            if st.power == PowerState::Off {
+                return false;
+            }
+            Self::consume_boot(&mut st)
+        };
+        self.notify_boot(boot);
+        true
+    }
+
+    /// A handle that does not keep the server alive, for backends that report to their server
+    /// (the server owns its backend, so a strong handle back would be a cycle).
+    pub fn downgrade(&self) -> WeakServer {
+        WeakServer(Arc::downgrade(&self.inner))
     }
 
     /// Hard reset: reboot with the current override when on; powers on when off.
@@ -257,6 +302,23 @@ impl SimulatedServer {
     }
 }
 
+/// A [`SimulatedServer`] handle that does not keep it alive.
+#[derive(Clone)]
+pub struct WeakServer(Weak<Inner>);
+
+impl WeakServer {
+    /// The server, if it still exists.
+    pub fn upgrade(&self) -> Option<SimulatedServer> {
+        self.0.upgrade().map(|inner| SimulatedServer { inner })
+    }
+}
+
+impl std::fmt::Debug for WeakServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WeakServer")
+    }
+}
+
 /// Lock, recovering from a poisoned mutex: the state is plain data and stays consistent.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -318,6 +380,45 @@ mod tests {
         );
         assert!(st.boot_override.is_some());
         assert_eq!(st.boot_mode, BootModeOverride::Legacy);
+    }
+
+    #[test]
+    fn soft_off_asks_the_backend_and_guest_reports_change_power_without_calling_it() {
+        let server = SimulatedServer::new(ServerIdentity::numbered(0));
+        let rec = Arc::new(Recorder::default());
+        server.set_backend(rec.clone());
+        server.set_boot_override(BootOverride::once(
+            BootDevice::Pxe,
+            Some(BootModeOverride::Legacy),
+        ));
+        server.power_on();
+        // The guest reboots itself: the one-time override is gone, so it boots from disk.
+        assert!(server.guest_reset());
+        assert_eq!(server.state().boot_count, 2);
+        assert!(server.guest_powered_off());
+        assert_eq!(server.power_state(), PowerState::Off);
+        assert!(!server.guest_powered_off());
+        assert!(!server.guest_reset(), "no reboot after the power went off");
+        server.power_on();
+        server.soft_off();
+        server.soft_off();
+        assert_eq!(server.power_state(), PowerState::Off);
+        assert_eq!(
+            *lock(&rec.0),
+            vec![
+                "boot Pxe Legacy",
+                "boot Disk Legacy",
+                "boot Disk Legacy",
+                "off"
+            ]
+        );
+        let weak = server.downgrade();
+        assert!(weak.upgrade().is_some());
+        drop(server);
+        assert!(
+            weak.upgrade().is_none(),
+            "a weak handle keeps nothing alive"
+        );
     }
 
     #[test]
