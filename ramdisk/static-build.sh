@@ -10,7 +10,7 @@ target=x86_64-unknown-linux-gnu
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release --locked --target "$target" -p "$pkg" --bin "$bin" >&2
 out="target/$target/release/$bin"
-if ! file "$out" 2>/dev/null | grep -q "statically linked" && ldd "$out" >/dev/null 2>&1; then
+if ! file "$out" 2>/dev/null | grep -Eq "statically linked|static-pie linked" && ldd "$out" >/dev/null 2>&1; then
   echo "static-build.sh: $out is not statically linked" >&2
   exit 1
 fi

@@ -103,6 +103,20 @@ pub enum AgentError {
         /// 401 or 403.
         status: u16,
     },
+    /// The kernel command line does not say how to reach the agent API.
+    #[error("kernel command line: {reason}; fix the vmetal.* parameters of the boot script")]
+    Cmdline {
+        /// Which parameter is missing or malformed, and what was expected.
+        reason: String,
+    },
+    /// The network could not be brought up.
+    #[error("network interface {interface}: {reason}")]
+    Network {
+        /// The interface (`eth0`), or `*` when it concerns all of them.
+        interface: String,
+        /// What failed, and what to check.
+        reason: String,
+    },
 }
 
 impl AgentError {
@@ -119,7 +133,10 @@ impl AgentError {
             AgentError::DiskIo { .. }
             | AgentError::DiskTooSmall { .. }
             | AgentError::ConfigDrive { .. } => AgentErrorKind::DiskIo,
-            AgentError::Api { .. } | AgentError::TokenRejected { .. } => AgentErrorKind::Other,
+            AgentError::Api { .. }
+            | AgentError::TokenRejected { .. }
+            | AgentError::Cmdline { .. }
+            | AgentError::Network { .. } => AgentErrorKind::Other,
         }
     }
 

@@ -7,6 +7,7 @@
 //! against fixture trees and disk files.
 
 pub mod client;
+pub mod cmdline;
 pub mod configdrive;
 pub mod error;
 pub mod fat;
@@ -14,6 +15,7 @@ pub mod fixture;
 pub mod growing;
 pub mod image;
 pub mod inventory;
+pub mod netup;
 pub mod partition;
 pub mod rootdev;
 pub mod run;
