@@ -2,13 +2,20 @@
 //! register a `Node` with the bootstrap token and keep its `Lease` in `kube-node-lease` renewed.
 //!
 //! Simulated: there is no kubelet or `sh`; the OS parses the join line instead of running it.
-//! Real: the user data, the token and the HTTPS API calls against the target cluster.
+//! Real: the user data, the token and the HTTPS API calls against the target cluster. The
+//! test OS (`vmetal-testos kubeadm join ...`) runs the same registration from a real VM.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::{Value, json};
 use vmetal_agent::FixtureSpec;
+use vmetal_api::hardware::HardwareDetails;
 
 /// How often the Lease is renewed (the kubelet's default).
 pub const LEASE_RENEW: Duration = Duration::from_secs(10);
@@ -37,6 +44,8 @@ pub struct JoinCommand {
     pub endpoint: String,
     /// The bootstrap token.
     pub token: String,
+    /// kubeadm's `--discovery-token-ca-cert-hash` (`sha256:<hex>`), when given.
+    pub ca_cert_hash: Option<String>,
 }
 
 impl std::fmt::Debug for JoinCommand {
@@ -45,6 +54,7 @@ impl std::fmt::Debug for JoinCommand {
             .field("kind", &self.kind)
             .field("endpoint", &self.endpoint)
             .field("token", &"<redacted>")
+            .field("ca_cert_hash", &self.ca_cert_hash)
             .finish()
     }
 }
@@ -72,6 +82,28 @@ pub enum JoinError {
         /// The Status message.
         message: String,
     },
+    /// `--discovery-token-ca-cert-hash` is not `sha256:<64 hex digits>`.
+    #[error(
+        "--discovery-token-ca-cert-hash {value:?} is not sha256:<64 hex digits>; take it from \
+         `kubeadm token create --print-join-command` or the cluster CA (see the test OS README)"
+    )]
+    InvalidCaCertHash {
+        /// The value given.
+        value: String,
+    },
+    /// The cluster's CA is not the one the join command pins.
+    #[error(
+        "the cluster at {endpoint} presented CA {found}, but the join command pins {expected}; \
+         the endpoint is not the cluster the token was made for (or the hash is stale)"
+    )]
+    CaCertHashMismatch {
+        /// Endpoint.
+        endpoint: String,
+        /// The pinned hash.
+        expected: String,
+        /// Hashes of the self-signed certificates the server presented.
+        found: String,
+    },
 }
 
 /// The join step from cloud-config user data, if its `runcmd` has one.
@@ -92,16 +124,22 @@ pub fn parse_join(user_data: &[u8]) -> Option<JoinCommand> {
     })
 }
 
-fn parse_line(line: &str) -> Option<JoinCommand> {
+/// The join step in one `runcmd` line (`kubeadm join ...` or the vCluster `curl ... | sh -`).
+pub fn parse_line(line: &str) -> Option<JoinCommand> {
     let words: Vec<&str> = line.split_whitespace().collect();
     if words.first() == Some(&"kubeadm") && words.get(1) == Some(&"join") {
         let endpoint = words.get(2)?.to_string();
-        let at = words.iter().position(|w| *w == "--token")?;
-        let token = words.get(at + 1)?.to_string();
+        let value_of = |flag: &str| {
+            let at = words.iter().position(|w| *w == flag)?;
+            words
+                .get(at + 1)
+                .map(|v| v.trim_matches(|c| c == '"' || c == '\'').to_string())
+        };
         return Some(JoinCommand {
             kind: JoinKind::Kubeadm,
             endpoint,
-            token,
+            token: value_of("--token")?,
+            ca_cert_hash: value_of("--discovery-token-ca-cert-hash"),
         });
     }
     if words.first() != Some(&"curl") {
@@ -121,6 +159,7 @@ fn parse_line(line: &str) -> Option<JoinCommand> {
         kind: JoinKind::VCluster,
         endpoint: endpoint.to_string(),
         token,
+        ca_cert_hash: None,
     })
 }
 
@@ -146,6 +185,22 @@ impl NodeFacts {
             memory_mib: spec.ram_mib,
             gpus: spec.gpus.len(),
         }
+    }
+
+    /// Facts of a real machine from its inventory: logical CPUs, memory (`MemTotal` rounded
+    /// up to whole GiB, as the BareMetalHost inventory reports it) and GPUs.
+    pub fn from_details(name: &str, details: &HardwareDetails) -> Self {
+        Self {
+            name: name.to_string(),
+            cpus: u32::try_from(details.cpu_count()).unwrap_or(0),
+            memory_mib: u64::try_from(details.ram_mebibytes).unwrap_or(0),
+            gpus: usize::try_from(details.gpu_count()).unwrap_or(0),
+        }
+    }
+
+    /// Facts of the machine whose `/proc` and `/sys` are under `root` (`/` on the test OS).
+    pub fn from_machine(name: &str, root: &Path) -> Result<Self, vmetal_agent::AgentError> {
+        Ok(Self::from_details(name, &vmetal_agent::collect(root)?))
     }
 
     /// `node.kubernetes.io/instance-type`: `bm.c<cpus>.m<GiB>` plus `.gpu<n>` with GPUs.
@@ -267,14 +322,15 @@ impl JoinTask {
     }
 }
 
-/// Start joining on the current tokio runtime (`None` without one).
+/// Start joining on the current tokio runtime (`None` without one). The simulated OS accepts
+/// any serving certificate, as the vCluster join's `curl -k` does.
 pub fn spawn(cmd: JoinCommand, facts: NodeFacts) -> Option<JoinTask> {
     let rt = tokio::runtime::Handle::try_current().ok()?;
     let state = Arc::new(Mutex::new(JoinState::default()));
     let shared = state.clone();
     let handle = rt.spawn(async move {
         let set = |s: JoinState| *shared.lock().unwrap_or_else(|p| p.into_inner()) = s;
-        let client = match Cluster::new(&cmd) {
+        let client = match Cluster::connect(&cmd, &CaCheck::AcceptAny) {
             Ok(c) => c,
             Err(e) => {
                 set(JoinState::Failed(e.to_string()));
@@ -307,24 +363,87 @@ pub fn spawn(cmd: JoinCommand, facts: NodeFacts) -> Option<JoinTask> {
     Some(JoinTask { handle, state })
 }
 
+/// How the joining node checks the cluster's serving certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaCheck {
+    /// Accept any certificate: `curl -k`, kubeadm's
+    /// `--discovery-token-unsafe-skip-ca-verification`, and the simulated lab.
+    AcceptAny,
+    /// kubeadm's `--discovery-token-ca-cert-hash sha256:<hex>`: the served chain must contain a
+    /// certificate with this public-key hash that issued the serving certificate. A server that
+    /// presents only its own certificate cannot be checked this way (see [`PinStatus`]).
+    Pinned(String),
+}
+
+/// What became of a pinned CA hash on the connections made so far.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PinStatus {
+    /// [`CaCheck::AcceptAny`]: nothing is pinned.
+    #[default]
+    NotPinned,
+    /// No TLS handshake yet.
+    Pending,
+    /// The served chain holds the pinned CA and it issued the serving certificate.
+    Verified,
+    /// The server presented no self-signed (CA) certificate, so the pin could not be checked
+    /// and the connection went ahead unverified, like `--discovery-token-unsafe-skip-ca-verification`.
+    Unchecked,
+    /// The served chain's CA is another one (or did not issue the serving certificate); the
+    /// connection was refused.
+    Mismatch(String),
+}
+
 /// The target cluster, spoken to with the bootstrap token.
-struct Cluster {
+pub struct Cluster {
     http: reqwest::Client,
     base: String,
     endpoint: String,
     token: String,
+    pin: Option<(String, Arc<Mutex<PinStatus>>)>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("endpoint", &self.endpoint)
+            .field("token", &"<redacted>")
+            .field("pin", &self.pin_status())
+            .finish()
+    }
 }
 
 impl Cluster {
-    fn new(cmd: &JoinCommand) -> Result<Self, JoinError> {
+    /// A client for the cluster of `cmd`, checking its certificate as `check` says.
+    pub fn connect(cmd: &JoinCommand, check: &CaCheck) -> Result<Self, JoinError> {
         let unreachable = |reason: String| JoinError::Unreachable {
             endpoint: cmd.endpoint.clone(),
             reason,
         };
-        // `curl -k`: the join script's fetch does not verify the certificate; the token is
-        // what proves the node may join. (kubeadm would pin the CA hash; see the README.)
-        let tls =
-            vmetal_bmc::redfish::tls::client_config(true, &[]).map_err(|e| unreachable(e.0))?;
+        let (tls, pin) = match check {
+            // The token is what proves the node may join; the certificate is not checked.
+            CaCheck::AcceptAny => (
+                vmetal_bmc::redfish::tls::client_config(true, &[]).map_err(|e| unreachable(e.0))?,
+                None,
+            ),
+            CaCheck::Pinned(hash) => {
+                let pin = parse_pin(hash)?;
+                let verifier_pin = pin.clone();
+                let status = Arc::new(Mutex::new(PinStatus::Pending));
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let verifier = PinnedCa {
+                    pin,
+                    algorithms: provider.signature_verification_algorithms,
+                    status: status.clone(),
+                };
+                let tls = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| unreachable(format!("TLS protocol versions: {e}")))?
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(verifier))
+                    .with_no_client_auth();
+                (tls, Some((verifier_pin, status)))
+            }
+        };
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .timeout(Duration::from_secs(10))
@@ -335,7 +454,33 @@ impl Cluster {
             base: format!("https://{}", cmd.endpoint),
             endpoint: cmd.endpoint.clone(),
             token: cmd.token.clone(),
+            pin,
         })
+    }
+
+    /// What became of the pinned CA hash so far.
+    pub fn pin_status(&self) -> PinStatus {
+        match &self.pin {
+            None => PinStatus::NotPinned,
+            Some((_, status)) => status.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+
+    /// The error for a failed request: a pin mismatch when the verifier refused the server.
+    fn request_error(&self, e: reqwest::Error) -> JoinError {
+        if let Some((expected, _)) = &self.pin
+            && let PinStatus::Mismatch(found) = self.pin_status()
+        {
+            return JoinError::CaCertHashMismatch {
+                endpoint: self.endpoint.clone(),
+                expected: expected.clone(),
+                found,
+            };
+        }
+        JoinError::Unreachable {
+            endpoint: self.endpoint.clone(),
+            reason: error_chain(&e.without_url()),
+        }
     }
 
     async fn send(
@@ -353,10 +498,7 @@ impl Cluster {
             .body(body.to_string())
             .send()
             .await
-            .map_err(|e| JoinError::Unreachable {
-                endpoint: self.endpoint.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| self.request_error(e))?;
         let status = response.status().as_u16();
         if response.status().is_success() || status == 409 {
             return Ok(status);
@@ -377,7 +519,7 @@ impl Cluster {
 
     /// Create the Node (or take over an existing one of the same name), post Ready status,
     /// and create the Lease.
-    async fn register(&self, facts: &NodeFacts) -> Result<(), JoinError> {
+    pub async fn register(&self, facts: &NodeFacts) -> Result<(), JoinError> {
         use reqwest::Method;
         const JSON: &str = "application/json";
         const MERGE: &str = "application/merge-patch+json";
@@ -390,18 +532,49 @@ impl Cluster {
             let labels = json!({"metadata": {"labels": facts.labels()}});
             self.send(Method::PATCH, &node_path, &labels, MERGE).await?;
         }
-        let status = json!({"status": facts.status(&now)});
-        self.send(
-            Method::PATCH,
-            &format!("{node_path}/status"),
-            &status,
-            MERGE,
-        )
-        .await?;
+        self.post_ready(facts, &now).await?;
         self.renew_lease(facts).await
     }
 
-    async fn renew_lease(&self, facts: &NodeFacts) -> Result<(), JoinError> {
+    /// Post the Node's Ready condition with a fresh heartbeat (the kubelet's status update);
+    /// `since` is when it became Ready.
+    pub async fn post_ready(&self, facts: &NodeFacts, since: &str) -> Result<(), JoinError> {
+        let mut status = facts.status(since);
+        status["conditions"][0]["lastHeartbeatTime"] = json!(now_seconds());
+        self.send(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/nodes/{}/status", facts.name),
+            &json!({ "status": status }),
+            "application/merge-patch+json",
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Whether Node `name` exists in the cluster.
+    pub async fn node_exists(&self, name: &str) -> Result<bool, JoinError> {
+        let path = format!("/api/v1/nodes/{name}");
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| self.request_error(e))?;
+        match response.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            status => Err(JoinError::Rejected {
+                endpoint: self.endpoint.clone(),
+                status,
+                what: format!("GET {path}"),
+                message: String::new(),
+            }),
+        }
+    }
+
+    /// Create or renew the Node's Lease in `kube-node-lease`.
+    pub async fn renew_lease(&self, facts: &NodeFacts) -> Result<(), JoinError> {
         use reqwest::Method;
         let now = now_micro();
         let leases = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
@@ -419,6 +592,191 @@ impl Cluster {
             .await?;
         }
         Ok(())
+    }
+}
+
+/// An error with its sources (reqwest's own message hides the TLS or socket cause).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// The pin in canonical form (`sha256:` and 64 lower-case hex digits).
+fn parse_pin(value: &str) -> Result<String, JoinError> {
+    let ok = value
+        .strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !ok {
+        return Err(JoinError::InvalidCaCertHash {
+            value: value.to_string(),
+        });
+    }
+    Ok(value.to_ascii_lowercase())
+}
+
+fn spki_hash(cert: &CertificateDer<'_>) -> Option<String> {
+    vmetal_api::ca_hash::ca_cert_hash(cert).ok()
+}
+
+/// Whether a chain certificate names itself as issuer (a root the server chose to send).
+fn self_issued(cert: &CertificateDer<'_>) -> bool {
+    webpki::EndEntityCert::try_from(cert).is_ok_and(|c| c.issuer() == c.subject())
+}
+
+/// Whether a serving certificate is its own issuer: it names itself and its signature verifies
+/// with its own key (a same-named certificate from a CA does not).
+fn self_signed(
+    cert: &CertificateDer<'_>,
+    algorithms: &WebPkiSupportedAlgorithms,
+    now: UnixTime,
+) -> bool {
+    let Ok(ee) = webpki::EndEntityCert::try_from(cert) else {
+        return false;
+    };
+    if ee.issuer() != ee.subject() {
+        return false;
+    }
+    let Ok(anchor) = webpki::anchor_from_trusted_cert(cert) else {
+        return false;
+    };
+    ee.verify_for_usage(
+        algorithms.all,
+        &[anchor],
+        &[],
+        now,
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    )
+    .is_ok()
+}
+
+/// Checks the served chain against a pinned CA public-key hash (kubeadm's discovery pin),
+/// without host-name checks: the guest reaches the cluster at addresses its certificate does
+/// not name (QEMU's 10.0.2.2).
+#[derive(Debug)]
+struct PinnedCa {
+    pin: String,
+    algorithms: WebPkiSupportedAlgorithms,
+    status: Arc<Mutex<PinStatus>>,
+}
+
+impl PinnedCa {
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> PinStatus {
+        if spki_hash(end_entity).as_ref() == Some(&self.pin) {
+            // The serving certificate is the pinned one; the handshake proves its key.
+            return PinStatus::Verified;
+        }
+        let mut other_roots = Vec::new();
+        for (i, cert) in intermediates.iter().enumerate() {
+            let Some(hash) = spki_hash(cert) else {
+                continue;
+            };
+            if hash == self.pin {
+                let Ok(anchor) = webpki::anchor_from_trusted_cert(cert) else {
+                    continue;
+                };
+                let rest: Vec<CertificateDer<'_>> = intermediates
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, c)| c.clone())
+                    .collect();
+                let issued = webpki::EndEntityCert::try_from(end_entity).and_then(|ee| {
+                    ee.verify_for_usage(
+                        self.algorithms.all,
+                        &[anchor],
+                        &rest,
+                        now,
+                        webpki::KeyUsage::server_auth(),
+                        None,
+                        None,
+                    )
+                    .map(drop)
+                });
+                return match issued {
+                    Ok(()) => PinStatus::Verified,
+                    Err(e) => PinStatus::Mismatch(format!(
+                        "the pinned CA is in the chain but did not issue the serving \
+                         certificate ({e})"
+                    )),
+                };
+            }
+            if self_issued(cert) {
+                other_roots.push(hash);
+            }
+        }
+        if self_signed(end_entity, &self.algorithms, now)
+            && let Some(hash) = spki_hash(end_entity)
+        {
+            other_roots.push(hash);
+        }
+        if other_roots.is_empty() {
+            PinStatus::Unchecked
+        } else {
+            PinStatus::Mismatch(other_roots.join(", "))
+        }
+    }
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let outcome = self.check(end_entity, intermediates, now);
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        // One verified connection is not undone by a later unchecked one, and a mismatch sticks.
+        match (&*status, &outcome) {
+            (PinStatus::Mismatch(_), _) | (PinStatus::Verified, PinStatus::Unchecked) => {}
+            _ => *status = outcome.clone(),
+        }
+        match outcome {
+            PinStatus::Mismatch(found) => Err(rustls::Error::General(format!(
+                "the server's CA does not match --discovery-token-ca-cert-hash (found {found})"
+            ))),
+            _ => Ok(ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
     }
 }
 
@@ -444,6 +802,115 @@ mod tests {
         assert_eq!(cmd.kind, JoinKind::Kubeadm);
         assert_eq!(cmd.endpoint, "10.0.0.1:6443");
         assert_eq!(cmd.token, "abcdef.0123456789abcdef");
+    }
+
+    #[test]
+    fn kubeadm_line_keeps_the_ca_hash() {
+        let hash = format!("sha256:{}", "0f".repeat(32));
+        let cmd = parse_line(&format!(
+            "kubeadm join 10.0.2.2:6443 --token abcdef.0123456789abcdef \
+             --discovery-token-ca-cert-hash {hash}"
+        ))
+        .unwrap();
+        assert_eq!(cmd.ca_cert_hash, Some(hash));
+        assert_eq!(cmd.token, "abcdef.0123456789abcdef");
+    }
+
+    /// A CA and a serving certificate it issued: (CA DER, leaf DER).
+    fn chain() -> (CertificateDer<'static>, CertificateDer<'static>) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        (ca.der().clone(), leaf.der().clone())
+    }
+
+    fn verifier(pin: &str) -> PinnedCa {
+        PinnedCa {
+            pin: parse_pin(pin).unwrap(),
+            algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+            status: Arc::new(Mutex::new(PinStatus::Pending)),
+        }
+    }
+
+    #[test]
+    fn ca_pin_is_checked_against_the_served_chain() {
+        let (ca, leaf) = chain();
+        let (other_ca, _) = chain();
+        let pin = vmetal_api::ca_hash::ca_cert_hash(&ca).unwrap();
+        let now = UnixTime::now();
+        let v = verifier(&pin.to_uppercase().replace("SHA256:", "sha256:"));
+        // The CA served after the leaf: checked.
+        assert_eq!(v.check(&leaf, &[ca.clone()], now), PinStatus::Verified);
+        // Another CA served: refused, and the error names what was found.
+        let PinStatus::Mismatch(found) = v.check(&leaf, &[other_ca.clone()], now) else {
+            panic!("a foreign CA was accepted")
+        };
+        assert_eq!(found, vmetal_api::ca_hash::ca_cert_hash(&other_ca).unwrap());
+        // The pinned CA served beside a leaf it did not issue: refused.
+        let (_, foreign_leaf) = chain();
+        assert!(matches!(
+            v.check(&foreign_leaf, &[ca.clone()], now),
+            PinStatus::Mismatch(m) if m.contains("did not issue")
+        ));
+        // Only the leaf served (the vmetal API server today): cannot be checked...
+        assert_eq!(v.check(&leaf, &[], now), PinStatus::Unchecked);
+        // ...unless it is self-signed: then it is the root, and not the pinned one.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let lone = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert!(matches!(
+            v.check(lone.der(), &[], now),
+            PinStatus::Mismatch(_)
+        ));
+        let lone_pin = vmetal_api::ca_hash::ca_cert_hash(lone.der()).unwrap();
+        assert_eq!(
+            verifier(&lone_pin).check(lone.der(), &[], now),
+            PinStatus::Verified
+        );
+        // Through rustls' entry point: a mismatch is a handshake error and sticks.
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        assert!(
+            v.verify_server_cert(&leaf, &[ca.clone()], &name, &[], now)
+                .is_ok()
+        );
+        assert!(
+            v.verify_server_cert(&leaf, &[other_ca], &name, &[], now)
+                .is_err()
+        );
+        assert!(v.verify_server_cert(&leaf, &[ca], &name, &[], now).is_ok());
+        assert!(matches!(&*v.status.lock().unwrap(), PinStatus::Mismatch(_)));
+    }
+
+    #[test]
+    fn malformed_pins_are_refused_up_front() {
+        for bad in [
+            "",
+            "sha256:",
+            "md5:00",
+            &format!("sha256:{}", "g".repeat(64)),
+        ] {
+            let cmd = JoinCommand {
+                kind: JoinKind::Kubeadm,
+                endpoint: "127.0.0.1:1".into(),
+                token: "abcdef.0123456789abcdef".into(),
+                ca_cert_hash: None,
+            };
+            let err = Cluster::connect(&cmd, &CaCheck::Pinned(bad.to_string())).unwrap_err();
+            assert!(
+                matches!(err, JoinError::InvalidCaCertHash { .. }),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod qemu;
 pub mod rack;
 pub mod redfish;
 pub mod sim;
+pub mod testos;
 
 pub use agent_backend::{BootedOs, SimulatedMachine};
 pub use faults::{FaultAction, Faults};
