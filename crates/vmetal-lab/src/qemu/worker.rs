@@ -238,26 +238,32 @@ struct Vm {
 impl Vm {
     /// Look at QMP events that arrived; after `linger`, a closed connection is expected.
     fn take_events(&mut self, name: &str, linger: Duration) {
-        if let Some(conn) = self.qmp.as_mut() {
-            let deadline = Instant::now() + linger;
-            loop {
-                if let Err(e) = conn.poll() {
-                    if !matches!(e, QemuError::QmpClosed { .. }) {
-                        tracing::warn!(vm = %name, "QMP connection lost: {e}");
-                    }
-                    break;
+        let Some(conn) = self.qmp.as_mut() else {
+            return;
+        };
+        let deadline = Instant::now() + linger;
+        let lost = loop {
+            match conn.poll() {
+                Ok(()) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
                 }
-                if Instant::now() >= deadline {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            for event in conn.events.drain(..) {
-                tracing::debug!(vm = %name, event = %event.name, data = %event.data, "QMP event");
-                if let Some(reason) = event.shutdown_reason() {
-                    self.shutdown_reason = Some(reason.to_string());
+                Ok(()) => break false,
+                // QEMU closes the connection as it exits; the exit is noticed next.
+                Err(QemuError::QmpClosed { .. }) => break true,
+                Err(e) => {
+                    tracing::warn!(vm = %name, "QMP connection lost: {e}");
+                    break true;
                 }
             }
+        };
+        for event in conn.events.drain(..) {
+            tracing::debug!(vm = %name, event = %event.name, data = %event.data, "QMP event");
+            if let Some(reason) = event.shutdown_reason() {
+                self.shutdown_reason = Some(reason.to_string());
+            }
+        }
+        if lost {
+            self.qmp = None;
         }
     }
 }
@@ -475,6 +481,8 @@ impl Worker {
         };
         let pid = vm.process.0.id();
         let quit = match vm.qmp.as_mut() {
+            // It exited on its own just now (the exit was not noticed yet).
+            _ if !matches!(vm.process.0.try_wait(), Ok(None)) => Ok(()),
             Some(conn) => match conn.execute("quit", QMP_REPLY_TIMEOUT) {
                 Ok(_) | Err(QemuError::QmpClosed { .. }) => Ok(()),
                 Err(e) => Err(e.to_string()),
