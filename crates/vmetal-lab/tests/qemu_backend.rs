@@ -574,8 +574,15 @@ async fn a_qemu_that_stops_answering_qmp_is_killed_on_power_off() {
     );
     assert_eq!(machine.pid(), None);
 
-    // The machine works on after that.
+    // The machine works on after that, and shutdown() stops it for good.
     bmc.power(PowerAction::On).await.unwrap();
     serial(&machine, marker).await;
     assert!(running(&machine).await);
+    let pid = machine.pid().unwrap();
+    let m = machine.clone();
+    tokio::task::spawn_blocking(move || m.shutdown())
+        .await
+        .unwrap();
+    assert!(!alive(pid), "shutdown returns once QEMU {pid} is gone");
+    assert_eq!(bmc.power_state().await.unwrap(), PowerState::Off);
 }

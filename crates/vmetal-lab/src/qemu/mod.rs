@@ -504,6 +504,8 @@ impl QemuMachine {
     /// Report to `server` when the guest powers itself off (its power then reads Off) or
     /// reboots itself (it boots again as the server's boot override says). Does not make this
     /// machine the server's backend: also call `server.set_backend(Arc::new(machine.clone()))`.
+    /// Unattached, a guest reboot restarts QEMU with the same boot request and a guest
+    /// power-off just ends QEMU.
     pub fn attach(&self, server: &SimulatedServer) {
         lock(&self.inner.shared.status).server = Some(server.downgrade());
     }
