@@ -97,7 +97,11 @@ impl QmpConn {
             events: Vec::new(),
         };
         while !conn.session.is_ready() {
-            let msg = conn.next_message(deadline, "greet and negotiate capabilities")?;
+            let msg = conn.next_message(
+                deadline,
+                "greet and negotiate capabilities",
+                QMP_CONNECT_TIMEOUT,
+            )?;
             match conn.session.handle(msg)? {
                 qmp::Output::Send(bytes) => conn.write(&bytes)?,
                 qmp::Output::Event(e) => conn.events.push(e),
@@ -159,7 +163,13 @@ impl QmpConn {
         None
     }
 
-    fn next_message(&mut self, deadline: Instant, what: &str) -> Result<qmp::Message, QemuError> {
+    /// The next message, waiting until `deadline` (which is `bound` after the start).
+    fn next_message(
+        &mut self,
+        deadline: Instant,
+        what: &str,
+        bound: Duration,
+    ) -> Result<qmp::Message, QemuError> {
         loop {
             if let Some(msg) = self.buffered() {
                 return Ok(msg);
@@ -169,7 +179,7 @@ impl QmpConn {
                 return Err(QemuError::QmpTimeout {
                     name: self.name.clone(),
                     what: what.into(),
-                    secs: QMP_REPLY_TIMEOUT.as_secs(),
+                    secs: bound.as_secs(),
                 });
             }
             self.fill(left)?;
@@ -183,7 +193,7 @@ impl QmpConn {
         let deadline = Instant::now() + timeout;
         let what = format!("answer {command}");
         loop {
-            let msg = self.next_message(deadline, &what)?;
+            let msg = self.next_message(deadline, &what, timeout)?;
             match self.session.handle(msg)? {
                 qmp::Output::Reply {
                     id: Some(got),
