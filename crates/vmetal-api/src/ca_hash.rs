@@ -8,8 +8,11 @@ use sha2::{Digest, Sha256};
 #[error("not an X.509 certificate in DER: {0}")]
 pub struct CertError(&'static str);
 
-/// One DER element: (tag, whole element including header, contents).
-fn element(input: &[u8]) -> Result<(u8, &[u8], &[u8], &[u8]), CertError> {
+/// One DER element: tag, the whole element including its header, its contents, and what
+/// follows it.
+type Element<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+fn element(input: &[u8]) -> Result<Element<'_>, CertError> {
     let tag = *input.first().ok_or(CertError("truncated tag"))?;
     let first = *input.get(1).ok_or(CertError("truncated length"))?;
     let (len, header) = if first < 0x80 {
@@ -77,6 +80,7 @@ pub fn ca_cert_hash(cert_der: &[u8]) -> Result<String, CertError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

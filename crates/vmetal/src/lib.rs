@@ -8,3 +8,4 @@ pub mod demo;
 pub mod observe;
 pub mod tenant;
 pub mod up;
+pub mod vms;

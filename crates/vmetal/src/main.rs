@@ -58,6 +58,15 @@ enum Command {
         /// Our address on the provisioning network (next-server, URLs).
         #[arg(long, value_name = "IP", requires = "boot_interface")]
         boot_server_ip: Option<std::net::Ipv4Addr>,
+        /// A QEMU VM behind a virtual BMC, as a BareMetalHost (repeatable):
+        /// `name=vm-1,mac=52:54:00:00:00:01,tap=tap0,bmc=redfish|ipmi,disk=8G,cpus=2,memory=2048,ip=10.0.0.10/24`.
+        /// Its tap must already be on the --boot-interface bridge.
+        #[arg(long = "vm", value_name = "SPEC")]
+        vms: Vec<vmetal::vms::VmSpec>,
+        /// The agent ramdisk (`vmlinuz` and `initramfs`, built by ramdisk/build.sh) to serve
+        /// over HTTP boot; copied into <data-dir>/boot.
+        #[arg(long, value_name = "DIR", requires = "boot_interface")]
+        ramdisk: Option<PathBuf>,
     },
     /// A scripted story on `vmetal up --lab`: a rack registers, three Machines (one needing a
     /// GPU) claim hosts, install and join the tenant cluster, one is deleted and its host
@@ -145,12 +154,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             boot_interface,
             boot_mode,
             boot_server_ip,
+            vms,
+            ramdisk,
         } => {
+            if let Some(dir) = &ramdisk {
+                vmetal::up::install_ramdisk(dir, &data_dir)?;
+            }
             let mut config = vmetal::up::UpConfig::new(data_dir);
+            config.vms = vms;
             config.lab = lab;
             config.apiserver_bind = bind;
             config.agent_bind = agent_bind;
             config.boot_delay = std::time::Duration::from_millis(boot_delay_ms);
+            if let (false, Some(ip)) = (config.vms.is_empty(), boot_server_ip) {
+                // VMs fetch images from the agent address and join the tenant cluster over
+                // the provisioning network, where loopback addresses do not reach.
+                config.tenant_bind = std::net::SocketAddr::from((ip, 0));
+                if config.agent_bind.ip().is_loopback() {
+                    config.agent_bind = std::net::SocketAddr::from((ip, config.agent_bind.port()));
+                }
+            }
             if let (Some(interface), Some(ip)) = (boot_interface, boot_server_ip) {
                 let mut boot = vmetal_boot::service::BootOptions::new(interface, ip);
                 boot.mode = boot_mode;
@@ -248,6 +271,18 @@ fn run_up(config: vmetal::up::UpConfig) -> anyhow::Result<()> {
                 "  boot: DHCP {:?}, TFTP {:?}, HTTP {}",
                 boot.dhcp_addrs, boot.tftp_addr, boot.http_addr
             );
+        }
+        if let Some(vms) = &stack.vms {
+            println!("  VMs ({:?}):", vms.accel);
+            for vm in &vms.vms {
+                println!(
+                    "    {}  {}  BMC {}  serial log {}",
+                    vm.spec.name,
+                    vm.spec.mac,
+                    vm.bmc_address,
+                    vm.vm.serial_log().display()
+                );
+            }
         }
         if lab > 0 {
             println!("  lab: {lab} simulated servers (even ones on Redfish, odd ones on IPMI)");

@@ -50,6 +50,8 @@ pub struct UpConfig {
     pub agent_client: Option<fn(kube::Config) -> kube::Result<kube::Client>>,
     /// DHCP, TFTP and HTTP boot on a provisioning interface (`--boot-interface`), if any.
     pub boot: Option<vmetal_boot::service::BootOptions>,
+    /// QEMU VMs behind virtual BMCs (`--vm`), in `lab_namespace`.
+    pub vms: Vec<crate::vms::VmSpec>,
 }
 
 impl UpConfig {
@@ -72,6 +74,7 @@ impl UpConfig {
             run_controller: true,
             agent_client: None,
             boot: None,
+            vms: Vec::new(),
         }
     }
 }
@@ -115,6 +118,8 @@ pub struct Stack {
     controller: Option<(JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
     /// The boot services, with `--boot-interface`.
     pub boot: Option<vmetal_boot::RunningBoot>,
+    /// The QEMU VMs, with `--vm`.
+    pub vms: Option<crate::vms::VmLab>,
     config: UpConfig,
 }
 
@@ -184,7 +189,7 @@ impl Stack {
             ),
             None => None,
         };
-        let tenant = if config.lab > 0 {
+        let tenant = if config.lab > 0 || !config.vms.is_empty() {
             let tenant = crate::tenant::TenantCluster::start(
                 &config.data_dir.join("tenant"),
                 config.tenant_bind,
@@ -212,6 +217,7 @@ impl Stack {
             metrics,
             controller: None,
             boot,
+            vms: None,
             config,
         };
         if stack.config.run_controller {
@@ -220,6 +226,9 @@ impl Stack {
         if stack.config.lab > 0 {
             let lab = stack.start_lab().await?;
             stack.lab = Some(lab);
+        }
+        if !stack.config.vms.is_empty() {
+            stack.vms = Some(stack.start_vms().await?);
         }
         Ok(stack)
     }
@@ -290,6 +299,36 @@ impl Stack {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
         self.agent_task.abort();
+        // Dropping the VM lab quits every VM's QEMU.
+        self.vms.take();
+    }
+
+    async fn start_vms(&self) -> anyhow::Result<crate::vms::VmLab> {
+        let ns = &self.config.lab_namespace;
+        let vms = crate::vms::start(&self.config.vms, &self.config.data_dir.join("vms")).await?;
+        let hosts: Api<BareMetalHost> = Api::namespaced(self.client.clone(), ns);
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        for vm in &vms.vms {
+            let mut annotations = serde_json::Map::new();
+            if let Some(address) = &vm.spec.address {
+                annotations.insert("vmetal.io/ip-address".into(), address.clone().into());
+            }
+            // SeaBIOS: Debian's iPXE ROM PXE-boots, and disk images with a BIOS boot loader boot.
+            let extra = serde_json::json!({
+                "metadata": {"annotations": annotations, "labels": {"vmetal.io/vm": vm.spec.name}},
+                "spec": {"bootMode": "legacy"},
+            });
+            ensure_host(
+                &hosts,
+                &secrets,
+                &vm.spec.name,
+                &vm.spec.mac,
+                &vm.bmc_address,
+                extra,
+            )
+            .await?;
+        }
+        Ok(vms)
     }
 
     async fn start_lab(&self) -> anyhow::Result<Lab> {
@@ -346,7 +385,15 @@ impl Stack {
                 ipmi.push(svc);
                 address
             };
-            ensure_host(&hosts, &secrets, &name, &id.boot_mac, &bmc_address).await?;
+            ensure_host(
+                &hosts,
+                &secrets,
+                &name,
+                &id.boot_mac,
+                &bmc_address,
+                serde_json::json!({}),
+            )
+            .await?;
             lab_servers.push(LabServer {
                 name,
                 server,
@@ -430,6 +477,7 @@ async fn ensure_host(
     name: &str,
     mac: &str,
     bmc_address: &str,
+    extra: serde_json::Value,
 ) -> anyhow::Result<()> {
     let secret_name = format!("{name}-bmc");
     let secret: Secret = serde_json::from_value(serde_json::json!({
@@ -443,7 +491,7 @@ async fn ensure_host(
         }
         Err(e) => return Err(e).context("cannot create a lab BMC Secret"),
     }
-    let host: BareMetalHost = serde_json::from_value(serde_json::json!({
+    let mut value = serde_json::json!({
         "apiVersion": "metal3.io/v1alpha1",
         "kind": "BareMetalHost",
         "metadata": {"name": name, "labels": {"vmetal.io/lab": "true"}},
@@ -452,7 +500,9 @@ async fn ensure_host(
             "bootMACAddress": mac,
             "bmc": {"address": bmc_address, "credentialsName": secret_name},
         },
-    }))?;
+    });
+    merge_json(&mut value, extra);
+    let host: BareMetalHost = serde_json::from_value(value)?;
     match hosts.create(&PostParams::default(), &host).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 409 => {
@@ -468,6 +518,36 @@ async fn ensure_host(
             Ok(())
         }
         Err(e) => Err(e).context("cannot create a lab BareMetalHost"),
+    }
+}
+
+/// Copy the agent ramdisk (`vmlinuz`, `initramfs` from ramdisk/build.sh) into
+/// `data_dir/boot`, where the boot services serve it from.
+pub fn install_ramdisk(from: &Path, data_dir: &Path) -> anyhow::Result<()> {
+    let boot = data_dir.join("boot");
+    std::fs::create_dir_all(&boot).with_context(|| format!("cannot create {}", boot.display()))?;
+    for file in ["vmlinuz", "initramfs"] {
+        let src = from.join(file);
+        anyhow::ensure!(
+            src.is_file(),
+            "{} is missing: build the agent ramdisk with ramdisk/build.sh",
+            src.display()
+        );
+        std::fs::copy(&src, boot.join(file))
+            .with_context(|| format!("cannot copy {} into {}", src.display(), boot.display()))?;
+    }
+    Ok(())
+}
+
+/// Merge `patch` into `base` (objects key by key, anything else replaced).
+fn merge_json(base: &mut serde_json::Value, patch: serde_json::Value) {
+    match (base, patch) {
+        (serde_json::Value::Object(base), serde_json::Value::Object(patch)) => {
+            for (k, v) in patch {
+                merge_json(base.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (base, patch) => *base = patch,
     }
 }
 
