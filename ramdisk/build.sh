@@ -58,12 +58,6 @@ source "$here/debs.sh"
 kpkg=$(kernel_pkg)
 kdir=$(fetch_deb "$kpkg")
 bbdir=$(fetch_deb busybox-static)
-# Run from a cargo test, the test's CARGO_MANIFEST_DIR etc. would reach build scripts whose
-# fingerprints track them (ring's does), and every switch between a test and a shell would
-# rebuild the TLS stack; cargo sets what build scripts need itself.
-while IFS= read -r var; do
-  unset "$var"
-done < <(compgen -e | grep -E '^CARGO_(MANIFEST_|PKG_|CRATE_|BIN_|PRIMARY_|TARGET_TMPDIR)' || true)
 agent=$("$here/static-build.sh" vmetal-agent vmetal-agent)
 
 kvers=("$kdir"/lib/modules/*)

@@ -6,6 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 pkg=$1 bin=$2
 target=x86_64-unknown-linux-gnu
+# Build scripts track some variables (ring's: CARGO_MANIFEST_DIR, SOURCE_DATE_EPOCH): a caller
+# inside a cargo test or an image build exporting them would make every switch of callers
+# rebuild the TLS stack. The binary depends on neither.
+unset SOURCE_DATE_EPOCH
+while IFS= read -r var; do
+  unset "$var"
+done < <(compgen -e | grep -E '^CARGO_(MANIFEST_|PKG_|CRATE_|BIN_|PRIMARY_|TARGET_TMPDIR)' || true)
 # --target keeps these flags off build scripts and proc macros, and out of the host build.
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release --locked --target "$target" -p "$pkg" --bin "$bin" >&2
