@@ -16,6 +16,12 @@ need=()
 command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
 command -v ipmitool >/dev/null 2>&1 || need+=(ipmitool)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+#   syslinux, syslinux-common, mtools, dosfstools: images/testos/build.sh (BIOS boot loader
+#                      and MBR code; the FAT boot partition is made and filled without mounting)
+command -v syslinux >/dev/null 2>&1 || need+=(syslinux)
+[[ -e /usr/lib/syslinux/mbr/mbr.bin ]] || need+=(syslinux-common)
+command -v mcopy >/dev/null 2>&1 || need+=(mtools)
+command -v mkfs.fat >/dev/null 2>&1 || [[ -x /usr/sbin/mkfs.fat || -x /sbin/mkfs.fat ]] || need+=(dosfstools)
 #   qemu-utils:        qemu-img, to make qcow2 test images (Debian's, matching qemu-system-x86)
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
@@ -24,6 +30,12 @@ command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
 [[ -e /usr/share/ovmf/OVMF.fd ]] || need+=(ovmf)
 command -v dnsmasq >/dev/null 2>&1 || [[ -x /usr/sbin/dnsmasq ]] || need+=(dnsmasq-base)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+#   cpio, kmod, zstd, file: ramdisk/build.sh (newc archive, modinfo/depmod, compression,
+#                      static-binary check) for the agent ramdisk the QEMU tests boot
+command -v cpio >/dev/null 2>&1 || need+=(cpio)
+command -v depmod >/dev/null 2>&1 || [[ -x /usr/sbin/depmod || -x /sbin/depmod ]] || need+=(kmod)
+command -v zstd >/dev/null 2>&1 || need+=(zstd)
+command -v file >/dev/null 2>&1 || need+=(file)
 # Debian's qemu-system-x86 replaces a newer backported qemu-utils; reinstall the matching one.
 if [[ " ${need[*]} " == *" qemu-system-x86 "* && " ${need[*]} " != *" qemu-utils "* ]]; then
   need+=(qemu-utils)

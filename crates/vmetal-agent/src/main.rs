@@ -13,6 +13,7 @@ use vmetal_agent::error::redact_url;
 use vmetal_agent::netup::{self, NetupConfig};
 use vmetal_agent::{AgentConfig, AgentError};
 use vmetal_api::agent::DeployCommand;
+use vmetal_api::mac::normalize_mac;
 use vmetal_api::states::{ChecksumType, ImageFormat};
 
 /// Pause between lookups while the controller has nothing for this machine.
@@ -122,6 +123,14 @@ fn main() -> std::process::ExitCode {
                 once,
             }) => {
                 init_logging(cli.debug);
+                let macs = macs
+                    .iter()
+                    .map(|m| {
+                        normalize_mac(m).map_err(|_| {
+                            anyhow::anyhow!("--mac {m:?} is not a MAC address (52:54:00:ab:cd:ef)")
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
                 let config = AgentConfig {
                     api_url: api,
                     mac_addresses: macs,
