@@ -20,7 +20,8 @@ use vmetal::vms::VmBmc;
 use vmetal_api::{BareMetalHost, ErrorType, ProvisioningState};
 use vmlab::*;
 
-const DISK: u64 = 1 << 30;
+/// The smallest disk the agent installs on without root device hints (as IPA: 4 GiB).
+const DISK: u64 = 4 << 30;
 
 #[test]
 fn bad_images_on_a_vm_end_in_clear_errors_and_a_fixed_image_provisions() {

@@ -24,7 +24,7 @@ use vmetal::vms::VmBmc;
 use vmetal_api::{BareMetalHost, Machine, MachinePhase, ProvisioningState};
 use vmlab::*;
 
-const DISK: u64 = 2 << 30;
+const DISK: u64 = 4 << 30;
 
 #[test]
 fn vms_behind_redfish_and_ipmi_are_inspected_provisioned_joined_and_wiped() {
