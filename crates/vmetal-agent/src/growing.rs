@@ -157,11 +157,11 @@ mod tests {
             p.bytes = 8;
             p.finished = Some(Err("connection reset".into()));
         });
-        let mut buf = vec![0u8; 4];
+        let mut buf = [0u8; 4];
         let err = file.read(&mut buf[..], 10).await.unwrap_err();
         assert!(err.to_string().contains("connection reset"), "{err}");
-        let mut buf = vec![0u8; 4];
+        let mut buf = [0u8; 4];
         file.read(&mut buf[..], 0).await.unwrap();
-        assert_eq!(buf, b"abcd");
+        assert_eq!(&buf, b"abcd");
     }
 }
