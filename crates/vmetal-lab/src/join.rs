@@ -818,6 +818,16 @@ mod tests {
 
     /// A CA and a serving certificate it issued: (CA DER, leaf DER).
     fn chain() -> (CertificateDer<'static>, CertificateDer<'static>) {
+        let (ca, leaf, _) = chain_with_key();
+        (ca, leaf)
+    }
+
+    /// [`chain`] plus the serving certificate's key.
+    fn chain_with_key() -> (
+        CertificateDer<'static>,
+        CertificateDer<'static>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ) {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -829,7 +839,69 @@ mod tests {
             .unwrap()
             .signed_by(&leaf_key, &issuer)
             .unwrap();
-        (ca.der().clone(), leaf.der().clone())
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+        (ca.der().clone(), leaf.der().clone(), key)
+    }
+
+    /// An HTTPS server on loopback presenting `chain` and answering 404 to everything.
+    fn tls_server(
+        chain: Vec<CertificateDer<'static>>,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> (String, axum_server::Handle<std::net::SocketAddr>) {
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = axum_server::Handle::new();
+        let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config));
+        let server = axum_server::from_tcp_rustls(listener, tls)
+            .unwrap()
+            .handle(handle.clone());
+        let app = axum::Router::new().fallback(|| async { axum::http::StatusCode::NOT_FOUND });
+        tokio::spawn(server.serve(app.into_make_service()));
+        (addr.to_string(), handle)
+    }
+
+    #[tokio::test]
+    async fn the_pin_is_enforced_in_real_handshakes() {
+        let (ca, leaf, key) = chain_with_key();
+        let (other_ca, _) = chain();
+        let pin = vmetal_api::ca_hash::ca_cert_hash(&ca).unwrap();
+        let other_pin = vmetal_api::ca_hash::ca_cert_hash(&other_ca).unwrap();
+        let cmd = |endpoint: &str| JoinCommand {
+            kind: JoinKind::Kubeadm,
+            endpoint: endpoint.to_string(),
+            token: "abcdef.0123456789abcdef".into(),
+            ca_cert_hash: None,
+        };
+        let (with_ca, _h1) = tls_server(vec![leaf.clone(), ca], key.clone_key());
+        let good = Cluster::connect(&cmd(&with_ca), &CaCheck::Pinned(pin.clone())).unwrap();
+        assert!(!good.node_exists("n").await.unwrap());
+        assert_eq!(good.pin_status(), PinStatus::Verified);
+
+        let bad = Cluster::connect(&cmd(&with_ca), &CaCheck::Pinned(other_pin.clone())).unwrap();
+        let err = bad.node_exists("n").await.unwrap_err();
+        let JoinError::CaCertHashMismatch {
+            expected, found, ..
+        } = &err
+        else {
+            panic!("a foreign CA was accepted: {err}")
+        };
+        assert_eq!((expected, found), (&other_pin, &pin));
+        assert!(!err.to_string().contains("0123456789abcdef"));
+
+        // A server presenting only its leaf cannot be checked: the join goes ahead, flagged.
+        let (leaf_only, _h2) = tls_server(vec![leaf], key);
+        let unchecked = Cluster::connect(&cmd(&leaf_only), &CaCheck::Pinned(pin)).unwrap();
+        assert!(!unchecked.node_exists("n").await.unwrap());
+        assert_eq!(unchecked.pin_status(), PinStatus::Unchecked);
     }
 
     fn verifier(pin: &str) -> PinnedCa {
@@ -848,16 +920,20 @@ mod tests {
         let now = UnixTime::now();
         let v = verifier(&pin.to_uppercase().replace("SHA256:", "sha256:"));
         // The CA served after the leaf: checked.
-        assert_eq!(v.check(&leaf, &[ca.clone()], now), PinStatus::Verified);
+        assert_eq!(
+            v.check(&leaf, std::slice::from_ref(&ca), now),
+            PinStatus::Verified
+        );
         // Another CA served: refused, and the error names what was found.
-        let PinStatus::Mismatch(found) = v.check(&leaf, &[other_ca.clone()], now) else {
+        let PinStatus::Mismatch(found) = v.check(&leaf, std::slice::from_ref(&other_ca), now)
+        else {
             panic!("a foreign CA was accepted")
         };
         assert_eq!(found, vmetal_api::ca_hash::ca_cert_hash(&other_ca).unwrap());
         // The pinned CA served beside a leaf it did not issue: refused.
         let (_, foreign_leaf) = chain();
         assert!(matches!(
-            v.check(&foreign_leaf, &[ca.clone()], now),
+            v.check(&foreign_leaf, std::slice::from_ref(&ca), now),
             PinStatus::Mismatch(m) if m.contains("did not issue")
         ));
         // Only the leaf served (the vmetal API server today): cannot be checked...
@@ -880,7 +956,7 @@ mod tests {
         // Through rustls' entry point: a mismatch is a handshake error and sticks.
         let name = ServerName::try_from("127.0.0.1").unwrap();
         assert!(
-            v.verify_server_cert(&leaf, &[ca.clone()], &name, &[], now)
+            v.verify_server_cert(&leaf, std::slice::from_ref(&ca), &name, &[], now)
                 .is_ok()
         );
         assert!(
