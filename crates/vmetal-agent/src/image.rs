@@ -116,6 +116,10 @@ pub async fn write_image(
         });
     }
     let client = http_client()?;
+    let stall = cmd
+        .download_stall_timeout_seconds
+        .map_or(STALL_TIMEOUT, Duration::from_secs)
+        .max(Duration::from_secs(1));
     let expected = resolve_checksum(&client, cmd).await?;
     let mut step = |step: &str, done: u64, total: Option<u64>| {
         progress(CommandProgress {
@@ -149,6 +153,7 @@ pub async fn write_image(
             let (tmp, downloaded, actual, image_end, written_sha256) = qcow2_while_downloading(
                 resp,
                 &url,
+                stall,
                 expected.algorithm,
                 total,
                 device,
@@ -181,9 +186,9 @@ pub async fn write_image(
             let mut written = 0u64;
             let mut reported = 0u64;
             loop {
-                let next = tokio::time::timeout(STALL_TIMEOUT, stream.next())
+                let next = tokio::time::timeout(stall, stream.next())
                     .await
-                    .map_err(|_| download_error(&url, "no data for 120 s".into()))?;
+                    .map_err(|_| stalled(&url, stall))?;
                 let chunk = match next {
                     Some(c) => c.map_err(|e| download_error(&url, reqwest_reason(&e)))?,
                     None => break,
@@ -264,6 +269,16 @@ async fn flush_chunk(
     *written = end;
     buf.clear();
     Ok(())
+}
+
+fn stalled(url: &str, stall: Duration) -> AgentError {
+    download_error(
+        url,
+        format!(
+            "no data for {} s; check the image server (or raise the controller's download stall timeout)",
+            stall.as_secs()
+        ),
+    )
 }
 
 fn too_small(device: &Path, need: u64, have: u64) -> AgentError {
@@ -454,6 +469,7 @@ const DOWNLOAD_FLUSH: usize = 4 << 20;
 async fn download_into(
     resp: reqwest::Response,
     url: &str,
+    stall: Duration,
     algorithm: ChecksumType,
     tmp: &tempfile::NamedTempFile,
     published: &tokio::sync::watch::Sender<Downloaded>,
@@ -468,9 +484,9 @@ async fn download_into(
     let mut done = 0u64;
     let mut reported = 0u64;
     loop {
-        let next = tokio::time::timeout(STALL_TIMEOUT, stream.next())
+        let next = tokio::time::timeout(stall, stream.next())
             .await
-            .map_err(|_| download_error(url, "no data for 120 s".into()))?;
+            .map_err(|_| stalled(url, stall))?;
         let chunk = match next {
             Some(chunk) => chunk.map_err(|e| download_error(url, reqwest_reason(&e)))?,
             None => bytes::Bytes::new(),
@@ -505,6 +521,7 @@ async fn download_into(
 async fn qcow2_while_downloading(
     resp: reqwest::Response,
     url: &str,
+    stall: Duration,
     algorithm: ChecksumType,
     total: Option<u64>,
     device: &Path,
@@ -519,7 +536,7 @@ async fn qcow2_while_downloading(
     let (tx, rx) = tokio::sync::watch::channel(Downloaded::default());
     let (downloaded, converted) = {
         let download = async {
-            let r = download_into(resp, url, algorithm, &tmp, &tx, download_progress).await;
+            let r = download_into(resp, url, stall, algorithm, &tmp, &tx, download_progress).await;
             tx.send_modify(|p| {
                 p.finished = Some(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
             });
@@ -812,6 +829,7 @@ mod tests {
             format: Some(ImageFormat::Vmdk),
             root_device_hints: None,
             config_drive: None,
+            download_stall_timeout_seconds: None,
         };
         let err = write_image(&cmd, Path::new("/nonexistent"), |_| {})
             .await
@@ -889,6 +907,7 @@ mod tests {
             format: Some(ImageFormat::Qcow2),
             root_device_hints: None,
             config_drive: None,
+            download_stall_timeout_seconds: None,
         };
 
         // Whole image: the disk holds the raw content.

@@ -146,9 +146,17 @@ fn nics(root: &Path) -> Vec<Nic> {
         if name == "lo" || fs::symlink_metadata(dir.join("device")).is_err() {
             continue;
         }
-        let pci_address = link_name(&dir.join("device")).unwrap_or_default();
-        let vendor = read_trimmed(&dir.join("device/vendor"));
-        let device = read_trimmed(&dir.join("device/device"));
+        let dev = nic_function(&dir.join("device"));
+        let pci_address = dev
+            .as_deref()
+            .and_then(|d| d.file_name())
+            .and_then(|n| n.to_str())
+            .map(String::from)
+            .or_else(|| link_name(&dir.join("device")))
+            .unwrap_or_default();
+        let dev = dev.unwrap_or_else(|| dir.join("device"));
+        let vendor = read_trimmed(&dev.join("vendor"));
+        let device = read_trimmed(&dev.join("device"));
         let model = match (vendor, device) {
             (Some(v), Some(d)) => format!("{v} {d}"),
             _ => String::new(),
@@ -169,6 +177,20 @@ fn nics(root: &Path) -> Vec<Nic> {
         });
     }
     out
+}
+
+/// The PCI function behind a NIC's `device` link. A virtio NIC's link names the virtio bus
+/// device (`virtio0`), whose parent is the PCI function with the vendor and device ids.
+fn nic_function(link: &Path) -> Option<PathBuf> {
+    let dev = fs::canonicalize(link).ok()?;
+    let is_virtio = dev
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("virtio"));
+    match dev.parent() {
+        Some(parent) if is_virtio && parent.join("vendor").is_file() => Some(parent.to_path_buf()),
+        _ => Some(dev),
+    }
 }
 
 /// The last component of a symlink's target (`../../0000:00:03.0` → `0000:00:03.0`).
@@ -348,5 +370,31 @@ mod tests {
         let hw = collect(dir.path()).unwrap();
         assert_eq!(hw.ram_mebibytes, 2048);
         assert!(hw.cpu.is_none() && hw.nics.is_empty() && hw.storage.is_empty());
+    }
+
+    #[test]
+    fn virtio_nics_report_their_pci_function() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let pci = root.join("sys/devices/pci0000:00/0000:00:03.0");
+        fs::create_dir_all(pci.join("virtio0/net/eth0")).unwrap();
+        fs::write(pci.join("vendor"), "0x1af4\n").unwrap();
+        fs::write(pci.join("device"), "0x1000\n").unwrap();
+        fs::write(pci.join("virtio0/vendor"), "0x1af4\n").unwrap();
+        fs::write(pci.join("virtio0/device"), "0x0001\n").unwrap();
+        let eth0 = pci.join("virtio0/net/eth0");
+        fs::write(eth0.join("address"), "52:54:00:E2:E0:01\n").unwrap();
+        std::os::unix::fs::symlink("../../../virtio0", eth0.join("device")).unwrap();
+        fs::create_dir_all(root.join("sys/class/net")).unwrap();
+        std::os::unix::fs::symlink(
+            "../../devices/pci0000:00/0000:00:03.0/virtio0/net/eth0",
+            root.join("sys/class/net/eth0"),
+        )
+        .unwrap();
+        let nics = nics(root);
+        assert_eq!(nics.len(), 1, "{nics:?}");
+        assert_eq!(nics[0].mac, "52:54:00:e2:e0:01");
+        assert_eq!(nics[0].model, "0x1af4 0x1000");
+        assert_eq!(nics[0].pci_address, "0000:00:03.0");
     }
 }

@@ -288,6 +288,7 @@ async fn write_image(
         }),
         root_device_hints: None,
         config_drive: None,
+        download_stall_timeout_seconds: None,
     };
     let started = Instant::now();
     let report = vmetal_agent::write_image(&cmd, &device, |p| {

@@ -154,6 +154,7 @@ fn deploy(id: &str, url: &str, checksum: &str, format: Option<ImageFormat>) -> A
         format,
         root_device_hints: None,
         config_drive: Some(base64::engine::general_purpose::STANDARD.encode(config_drive())),
+        download_stall_timeout_seconds: None,
     }))
 }
 

@@ -221,8 +221,12 @@ async fn the_ramdisk_inspects_deploys_and_wipes_a_qemu_vm() {
         .iter()
         .find(|n| n.mac == MAC)
         .unwrap_or_else(|| panic!("no NIC with MAC {MAC} in {:?}", hw.nics));
-    // The netdev's parent is the virtio device, vendor 0x1af4 (Red Hat, virtio).
-    assert!(nic.model.starts_with("0x1af4"), "not a virtio NIC: {nic:?}");
+    // The PCI function behind the virtio bus device: 1af4:1000 is virtio-net.
+    assert_eq!(nic.model, "0x1af4 0x1000", "not a virtio NIC: {nic:?}");
+    assert!(
+        nic.pci_address.starts_with("0000:"),
+        "the NIC's PCI address: {nic:?}"
+    );
     assert!(
         hw.pci_devices
             .iter()
@@ -271,6 +275,7 @@ async fn the_ramdisk_inspects_deploys_and_wipes_a_qemu_vm() {
             ..Default::default()
         }),
         config_drive: Some(base64::engine::general_purpose::STANDARD.encode(&drive)),
+        download_stall_timeout_seconds: None,
     }))]);
     vm.wait_for("deploy result", || {
         api.result("c2/deploy").is_some() && api.finished()

@@ -176,6 +176,9 @@ pub struct DeployCommand {
     /// partition after the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_drive: Option<String>,
+    /// Give up on a download that sends nothing for this many seconds (default 120).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download_stall_timeout_seconds: Option<u64>,
 }
 
 /// Reply to a heartbeat.

@@ -159,8 +159,11 @@ impl Access {
     /// rustls server configuration with the ring provider.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, AccessError> {
         let tls = |e: &dyn std::fmt::Display| AccessError::Tls(e.to_string());
+        // The chain ends with the CA, as kubeadm's API servers send it: a joining node pins
+        // `--discovery-token-ca-cert-hash` against the CA it is shown.
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+                .chain(CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()))
                 .collect::<Result<_, _>>()
                 .map_err(|e| tls(&e))?;
         let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| tls(&e))?;

@@ -103,6 +103,7 @@ async fn pxe_boot_inspects_and_deploys_then_disk_boot_runs_the_user_data() {
         format: None,
         root_device_hints: None,
         config_drive: Some(base64::engine::general_purpose::STANDARD.encode(&drive)),
+        download_stall_timeout_seconds: None,
     }))]);
     server.set_boot_override(BootOverride::once(BootDevice::Pxe, None));
     server.power_on();

@@ -70,6 +70,8 @@ struct Inner {
     report_writes: Mutex<HashMap<HostKey, Instant>>,
     /// Base64 config drive per host for its current deploy cycle.
     drives: Mutex<HashMap<HostKey, (String, Arc<str>)>>,
+    /// How long agents wait for image data before giving up (`None`: the agent's default).
+    download_stall_timeout: Option<Duration>,
 }
 
 impl Drop for Inner {
@@ -104,8 +106,18 @@ impl AgentApi {
                 reflector_task: Mutex::new(None),
                 report_writes: Mutex::new(HashMap::new()),
                 drives: Mutex::new(HashMap::new()),
+                download_stall_timeout: None,
             }),
         }
+    }
+
+    /// Tell agents to give up on an image download that sends nothing for `timeout` (the
+    /// agent's default is 120 s). Call before the API serves requests.
+    pub fn with_download_stall_timeout(mut self, timeout: Duration) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.download_stall_timeout = Some(timeout);
+        }
+        self
     }
 
     fn hosts_api(&self) -> Api<BareMetalHost> {
@@ -385,7 +397,13 @@ impl AgentApi {
             } else {
                 None
             };
-            let command = next_command(&host, &cycle, || drive.unwrap_or(Ok(None)));
+            let mut command = next_command(&host, &cycle, || drive.unwrap_or(Ok(None)));
+            if let AgentCommand::Deploy(deploy) = &mut command {
+                deploy.download_stall_timeout_seconds = self
+                    .inner
+                    .download_stall_timeout
+                    .map(|d| d.as_secs().max(1));
+            }
             if command == AgentCommand::Finish {
                 self.forget(&key);
             }
@@ -513,6 +531,7 @@ pub fn next_command(
                 format: image.format,
                 root_device_hints: host.spec.root_device_hints.clone(),
                 config_drive,
+                download_stall_timeout_seconds: None,
             }))
         }
     }

@@ -287,7 +287,15 @@ async fn deploy_carries_the_image_and_a_config_drive_with_user_data() {
         .await
         .unwrap();
     let cycle = start_cycle(&client, &host, Operation::Deploy).await;
-    let app = api(&client);
+    // The operator's download stall timeout travels with the deploy command.
+    let app = router(
+        AgentApi::new(
+            client.clone(),
+            Some(NS.to_owned()),
+            Duration::from_millis(500),
+        )
+        .with_download_stall_timeout(Duration::from_secs(30)),
+    );
     let (status, body) = call(
         &app,
         "/v1/lookup",
@@ -328,6 +336,7 @@ async fn deploy_carries_the_image_and_a_config_drive_with_user_data() {
     assert_eq!(cmd["checksum"], "0123");
     assert_eq!(cmd["format"], "raw");
     assert_eq!(cmd["rootDeviceHints"], json!({"minSizeGigabytes": 10}));
+    assert_eq!(cmd["downloadStallTimeoutSeconds"], 30);
     let drive = base64::engine::general_purpose::STANDARD
         .decode(cmd["configDrive"].as_str().unwrap())
         .unwrap();

@@ -72,6 +72,9 @@ pub struct ControllerArgs {
     /// Hosts allowed in inspecting/provisioning/deprovisioning at once.
     #[arg(long, default_value_t = 20)]
     pub max_concurrent_operations: usize,
+    /// Agents give up on an image download that sends nothing for this long (seconds).
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub image_download_stall_timeout: u64,
 }
 
 /// What [`start`] runs.
@@ -95,6 +98,8 @@ pub struct ControllerOptions {
     pub tenants: Vec<TenantCluster>,
     /// Heartbeat interval told to agents.
     pub agent_heartbeat: Duration,
+    /// Agents give up on an image download that sends nothing this long.
+    pub download_stall_timeout: Duration,
     /// Timeout of one BMC call.
     pub bmc_timeout: Duration,
     /// Metrics to record into (a fresh registry by default).
@@ -113,6 +118,7 @@ impl Default for ControllerOptions {
             machines: MachineControllerConfig::default(),
             tenants: Vec::new(),
             agent_heartbeat: Duration::from_secs(5),
+            download_stall_timeout: Duration::from_secs(120),
             bmc_timeout: Duration::from_secs(10),
             metrics: Metrics::default(),
         }
@@ -183,7 +189,8 @@ pub async fn start(
             client.clone(),
             options.namespace.clone(),
             options.agent_heartbeat,
-        );
+        )
+        .with_download_stall_timeout(options.download_stall_timeout);
         let mut app = observe::count_agent_requests(
             vmetal_provisioner::agent_api::router(api),
             metrics.clone(),
@@ -383,6 +390,7 @@ impl ControllerArgs {
                 namespace: self.namespace.clone(),
                 ..MachineControllerConfig::default()
             },
+            download_stall_timeout: Duration::from_secs(self.image_download_stall_timeout.max(1)),
             ..ControllerOptions::default()
         })
     }

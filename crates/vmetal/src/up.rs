@@ -52,6 +52,8 @@ pub struct UpConfig {
     pub boot: Option<vmetal_boot::service::BootOptions>,
     /// QEMU VMs behind virtual BMCs (`--vm`), in `lab_namespace`.
     pub vms: Vec<crate::vms::VmSpec>,
+    /// Agents give up on an image download that sends nothing this long (default: 120 s).
+    pub download_stall_timeout: Option<Duration>,
 }
 
 impl UpConfig {
@@ -75,6 +77,7 @@ impl UpConfig {
             agent_client: None,
             boot: None,
             vms: Vec::new(),
+            download_stall_timeout: None,
         }
     }
 }
@@ -155,11 +158,14 @@ impl Stack {
                 .context("cannot build the agent API's client")?,
             None => client_for(&apiserver).await?,
         };
-        let agent_api = vmetal_provisioner::agent_api::AgentApi::new(
+        let mut agent_api = vmetal_provisioner::agent_api::AgentApi::new(
             agent_client,
             None,
             Duration::from_millis(500),
         );
+        if let Some(stall) = config.download_stall_timeout {
+            agent_api = agent_api.with_download_stall_timeout(stall);
+        }
         let metrics = vmetal_controller::metrics::Metrics::default();
         metrics.leader.set(1);
         let app = crate::observe::count_agent_requests(

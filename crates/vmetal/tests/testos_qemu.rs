@@ -274,6 +274,7 @@ runcmd:
         "curl-healthz=ok",
         "vmetal-testos: runcmd[0]: exit 0",
         "vmetal-testos: runcmd[2]: exit 0",
+        "kubeadm: the cluster CA matches --discovery-token-ca-cert-hash",
         &format!("kubeadm: This node has joined the cluster: Node {HOSTNAME}"),
         "vmetal-testos: runcmd[3]: exit 0",
     ] {

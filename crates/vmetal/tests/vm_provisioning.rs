@@ -70,10 +70,7 @@ async fn scenario(ns: &Netns, art: &Artifacts) {
             available,
         )
         .await;
-        let hw = h
-            .status
-            .and_then(|s| s.hardware)
-            .expect("hardware details");
+        let hw = h.status.and_then(|s| s.hardware).expect("hardware details");
         let nic = hw.nics.iter().find(|n| n.mac == v.spec.mac);
         assert!(
             nic.is_some(),
@@ -177,7 +174,13 @@ async fn scenario(ns: &Netns, art: &Artifacts) {
     stack.stop().await;
 }
 
-/// When each milestone of one Machine's way to a joined Node happened.
+/// How long each phase of one Machine's way to a joined Node took:
+/// claim (Machine created → the BMC powers the VM on), PXE (→ the agent's kernel starts:
+/// firmware, DHCP, iPXE, kernel and initramfs over HTTP), agent boot (→ the agent's lookup is
+/// answered: drivers, DHCP, agent start), image write (→ the host is `provisioned`: download,
+/// write, config drive, result seen by the controller), disk boot (→ the test OS's init starts:
+/// reboot through the BMC, firmware, syslinux, kernel), join (→ the Node exists: network,
+/// config drive, user data, kubeadm join).
 struct Phases {
     vm: String,
     format: &'static str,
@@ -194,7 +197,7 @@ impl Phases {
     fn line(&self) -> String {
         let s = |d: Duration| format!("{:.1}s", d.as_secs_f64());
         format!(
-            "{} {}: claim+power-on {} | PXE {} | agent boot {} | image write {} | disk boot {} | join {} | total {}",
+            "{} {}: claim+power-on {} | PXE {} | agent boot {} | image write {} | disk boot {} | OS start to Node {} | total {}",
             self.vm,
             self.format,
             s(self.claim),
@@ -295,7 +298,9 @@ async fn provision(
         }
         if written.is_some()
             && os.is_none()
-            && serial.find_from("VMETAL-TESTOS-READY", from).is_some()
+            && serial
+                .find_from("vmetal-testos: init starting", from)
+                .is_some()
         {
             os = Some(now);
         }

@@ -180,6 +180,8 @@ pub async fn start_stack(ns: &Netns, dir: &Path, art: &Artifacts, vms: Vec<VmSpe
     boot.mode = vmetal_boot::dhcp::Mode::Reservation;
     config.boot = Some(boot);
     config.vms = vms;
+    // A stalled image download is reported after 15 s instead of the default 120 s.
+    config.download_stall_timeout = Some(Duration::from_secs(15));
     Stack::start(config).await.unwrap()
 }
 
