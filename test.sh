@@ -12,6 +12,8 @@ cd "$(dirname "$0")"
 #   qemu-system-x86, ipxe-qemu, ipxe, ovmf: real PXE firmware (SeaBIOS + iPXE ROM, OVMF)
 #                      booting from vmetal boot in a network namespace
 #   dnsmasq-base:      a real DHCP server beside vmetal boot's proxy mode
+# The VM tests (crates/vmetal/tests/vm_*.rs) build the agent ramdisk and the test OS from
+# Debian packages and provision QEMU VMs end to end; they need root (network namespaces).
 need=()
 command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
 command -v ipmitool >/dev/null 2>&1 || need+=(ipmitool)
@@ -46,6 +48,13 @@ if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+# The ramdisk and test-OS builds `apt-get download` the Debian kernel and busybox-static
+# (unpacked, never installed): they need the package lists.
+if ! apt-cache policy busybox-static 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+  echo "test.sh: apt-get update (package lists for the ramdisk build)"
+  if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
 fi
 
 echo "test.sh: cargo fmt --check"

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use sha2::{Digest, Sha256, Sha512};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use vmetal_api::agent::{CommandProgress, DeployCommand};
 use vmetal_api::states::{ChecksumType, ImageFormat};
 
 use crate::client::http_client;
 use crate::error::{AgentError, redact_url};
 use crate::growing::{Downloaded, GrowingFile};
+use crate::rawwrite::{ChunkHasher, RawWriter};
 
 /// Write and hash in chunks of this size.
 const CHUNK: usize = 1 << 20;
@@ -179,96 +180,85 @@ pub async fn write_image(
             if let Some(t) = total.filter(|t| *t > device_size) {
                 return Err(too_small(device, t, device_size));
             }
-            let mut image_hash = Hasher::new(expected.algorithm);
-            let mut written_hash = Sha256::new();
+            drop(dev);
+            let mut writer =
+                RawWriter::start(device, device_size, ImageHashes::new(expected.algorithm))?;
             let mut stream = resp.bytes_stream();
-            let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
-            let mut written = 0u64;
             let mut reported = 0u64;
-            loop {
-                let next = tokio::time::timeout(stall, stream.next())
-                    .await
-                    .map_err(|_| stalled(&url, stall))?;
-                let chunk = match next {
-                    Some(c) => c.map_err(|e| download_error(&url, reqwest_reason(&e)))?,
-                    None => break,
-                };
-                let mut rest: &[u8] = &chunk;
-                while !rest.is_empty() {
-                    let take = (CHUNK - buf.len()).min(rest.len());
-                    buf.extend_from_slice(&rest[..take]);
-                    rest = &rest[take..];
-                    if buf.len() == CHUNK {
-                        flush_chunk(
-                            &mut dev,
-                            device,
-                            device_size,
-                            &mut buf,
-                            &mut written,
-                            &mut image_hash,
-                            &mut written_hash,
-                        )
-                        .await?;
-                        if written - reported >= PROGRESS_EVERY {
-                            reported = written;
-                            step("writing", written, total);
-                        }
+            let streamed: Result<(), AgentError> = async {
+                loop {
+                    let next = tokio::time::timeout(stall, stream.next())
+                        .await
+                        .map_err(|_| stalled(&url, stall))?;
+                    let Some(piece) = next else { return Ok(()) };
+                    let piece = piece.map_err(|e| download_error(&url, reqwest_reason(&e)))?;
+                    writer.push(&piece).await?;
+                    let written = writer.written();
+                    if written - reported >= PROGRESS_EVERY {
+                        reported = written;
+                        step("writing", written, total);
                     }
                 }
             }
-            flush_chunk(
-                &mut dev,
-                device,
-                device_size,
-                &mut buf,
-                &mut written,
-                &mut image_hash,
-                &mut written_hash,
-            )
-            .await?;
-            dev.sync_all().await.map_err(io("syncing"))?;
+            .await;
+            let finished = writer.finish().await;
+            let (written, (image_hex, written_sha256)) = match (streamed, finished) {
+                (Ok(()), Ok(done)) => done,
+                (Err(e), _) | (Ok(()), Err(e)) => {
+                    // Part of an image may have reached the disk: it must not boot.
+                    wipe_start(device, CHUNK as u64).await?;
+                    return Err(e);
+                }
+            };
             step("writing", written, total);
-            if let Err(e) = verify(&url, &expected, &image_hash.hex()) {
+            if let Err(e) = verify(&url, &expected, &image_hex) {
                 // Never leave a bootable half-verified image behind.
-                drop(dev);
                 wipe_start(device, written).await?;
                 return Err(e);
             }
             Ok(WriteReport {
                 image_end: written,
                 downloaded: written,
-                written_sha256: hex(&written_hash.finalize()),
+                written_sha256,
                 checksum_algorithm: algorithm_name(expected.algorithm),
             })
         }
     }
 }
 
-/// Write `buf` at the current position, hashing it, and empty it.
-async fn flush_chunk(
-    dev: &mut tokio::fs::File,
-    device: &Path,
-    device_size: u64,
-    buf: &mut Vec<u8>,
-    written: &mut u64,
-    image_hash: &mut Hasher,
-    written_hash: &mut Sha256,
-) -> Result<(), AgentError> {
-    if buf.is_empty() {
-        return Ok(());
+/// The raw image's checksum in the user's algorithm, and the SHA-256 of what was written
+/// (the same hash when the algorithm is SHA-256, computed once).
+struct ImageHashes {
+    image: Hasher,
+    written: Option<Sha256>,
+}
+
+impl ImageHashes {
+    fn new(algorithm: ChecksumType) -> Self {
+        let image = Hasher::new(algorithm);
+        let written = (!matches!(image, Hasher::Sha256(_))).then(Sha256::new);
+        Self { image, written }
     }
-    let end = *written + buf.len() as u64;
-    if end > device_size {
-        return Err(too_small(device, end, device_size));
+}
+
+impl ChunkHasher for ImageHashes {
+    type Output = (String, String);
+
+    fn update(&mut self, data: &[u8]) {
+        self.image.update(data);
+        if let Some(w) = &mut self.written {
+            w.update(data);
+        }
     }
-    image_hash.update(buf);
-    written_hash.update(&buf[..]);
-    dev.write_all(buf)
-        .await
-        .map_err(|e| AgentError::disk(device, "writing", e))?;
-    *written = end;
-    buf.clear();
-    Ok(())
+
+    fn finish(self) -> (String, String) {
+        let image = self.image.hex();
+        let written = match self.written {
+            Some(w) => hex(&w.finalize()),
+            None => image.clone(),
+        };
+        (image, written)
+    }
 }
 
 fn stalled(url: &str, stall: Duration) -> AgentError {
@@ -688,21 +678,14 @@ async fn qcow2_to_device(
     if size > device_size {
         return Err(too_small(device, size, device_size));
     }
-    let io = |op| move |e| AgentError::disk(device, op, e);
-    let mut dev = tokio::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(device)
-        .await
-        .map_err(io("opening"))?;
-    let zeros = vec![0u8; CHUNK];
-    let mut buf = vec![0u8; CHUNK];
-    let mut existing = vec![0u8; CHUNK];
-    let mut hash = Sha256::new();
+    // Zero and unallocated ranges become holes (files) or zero writes (block devices), so
+    // nothing is read back from the disk; hashing and writing run on their own threads.
+    let mut writer = RawWriter::start(device, device_size, ImageHashes::new(ChecksumType::Sha256))?;
+    let mut buf = vec![0u8; crate::rawwrite::CHUNK];
     let mut offset = 0u64;
     let mut reported = 0u64;
     while offset < size {
-        let want = (size - offset).min(CHUNK as u64);
+        let want = (size - offset).min(buf.len() as u64);
         let (mapping, len) = image
             .get_mapping(offset, want)
             .await
@@ -716,38 +699,24 @@ async fn qcow2_to_device(
         if len == 0 {
             return Err(bad(format!("qcow2 mapping of length 0 at offset {offset}")));
         }
-        dev.seek(std::io::SeekFrom::Start(offset))
-            .await
-            .map_err(io("seeking"))?;
         if zero {
-            hash.update(&zeros[..len]);
-            dev.read_exact(&mut existing[..len])
-                .await
-                .map_err(io("reading"))?;
-            if existing[..len].iter().any(|b| *b != 0) {
-                dev.seek(std::io::SeekFrom::Start(offset))
-                    .await
-                    .map_err(io("seeking"))?;
-                dev.write_all(&zeros[..len]).await.map_err(io("writing"))?;
-            }
+            writer.push_zeros(len as u64).await?;
         } else {
-            buf.resize(len, 0);
             image
-                .read(&mut buf, offset)
+                .read(&mut buf[..len], offset)
                 .await
                 .map_err(|e| bad(format!("cannot read qcow2 data at offset {offset}: {e}")))?;
-            hash.update(&buf);
-            dev.write_all(&buf).await.map_err(io("writing"))?;
+            writer.push(&buf[..len]).await?;
         }
         offset += len as u64;
         if offset - reported >= PROGRESS_EVERY {
             reported = offset;
-            progress(offset, size);
+            progress(writer.written(), size);
         }
     }
-    dev.sync_all().await.map_err(io("syncing"))?;
-    progress(offset, size);
-    Ok((size, hex(&hash.finalize())))
+    let (written, (_, written_sha256)) = writer.finish().await?;
+    progress(written, size);
+    Ok((size, written_sha256))
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod image;
 pub mod inventory;
 pub mod netup;
 pub mod partition;
+pub mod rawwrite;
 pub mod rootdev;
 pub mod run;
 #[cfg(feature = "testing")]

@@ -265,6 +265,9 @@ fn run_up(config: vmetal::up::UpConfig) -> anyhow::Result<()> {
                 tenant.kubeconfig_path().map(|p| p.display().to_string()).unwrap_or_default(),
                 vmetal::tenant::JOIN_SECRET
             );
+            if let Ok(hash) = tenant.ca_cert_hash() {
+                println!("  tenant CA hash (kubeadm caCertHash): {hash}");
+            }
         }
         if let Some(boot) = &stack.boot {
             println!(
