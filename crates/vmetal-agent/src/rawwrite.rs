@@ -135,6 +135,11 @@ impl<H: ChunkHasher> RawWriter<H> {
                             punch_hole(&buffered, offset, n).map_err(io("zeroing"))?;
                             offset += n;
                         }
+                        // A block device that zeroes ranges itself (write-zeroes, as
+                        // `qemu-img convert` uses) saves writing them.
+                        Piece::Zeros(n) if zero_range(&buffered, offset, n).is_ok() => {
+                            offset += n;
+                        }
                         Piece::Zeros(mut n) => {
                             let z = zeros.get_or_insert_with(|| {
                                 let mut c = Chunk::new();
@@ -290,6 +295,22 @@ fn write_at(
         }
         _ => buffered.write_all_at(data, offset),
     }
+}
+
+/// Ask the device to zero `len` bytes at `offset` (`FALLOC_FL_ZERO_RANGE`: write-zeroes or
+/// discard-with-zeroes on block devices that support it; an error otherwise).
+fn zero_range(device: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use nix::fcntl::{FallocateFlags, fallocate};
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(std::io::Error::other("zero range past the largest offset"));
+    };
+    fallocate(
+        device,
+        FallocateFlags::FALLOC_FL_ZERO_RANGE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        offset,
+        len,
+    )
+    .map_err(std::io::Error::from)
 }
 
 /// Make `len` bytes at `offset` of a file read as zeros by deallocating them.
