@@ -300,30 +300,37 @@ fn write_at(
 /// Ask the device to zero `len` bytes at `offset` (`FALLOC_FL_ZERO_RANGE`: write-zeroes or
 /// discard-with-zeroes on block devices that support it; an error otherwise).
 fn zero_range(device: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    use nix::fcntl::{FallocateFlags, fallocate};
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return Err(std::io::Error::other("zero range past the largest offset"));
-    };
-    fallocate(
+    zero_with(
         device,
-        FallocateFlags::FALLOC_FL_ZERO_RANGE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
         offset,
         len,
+        nix::fcntl::FallocateFlags::FALLOC_FL_ZERO_RANGE,
     )
-    .map_err(std::io::Error::from)
 }
 
 /// Make `len` bytes at `offset` of a file read as zeros by deallocating them.
 fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    use nix::fcntl::{FallocateFlags, fallocate};
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return Err(std::io::Error::other(
-            "zero range past the largest file offset",
-        ));
-    };
-    fallocate(
+    zero_with(
         file,
-        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        offset,
+        len,
+        nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE,
+    )
+}
+
+/// `fallocate` with `how`, keeping the size.
+fn zero_with(
+    file: &File,
+    offset: u64,
+    len: u64,
+    how: nix::fcntl::FallocateFlags,
+) -> std::io::Result<()> {
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(std::io::Error::other("zero range past the largest offset"));
+    };
+    nix::fcntl::fallocate(
+        file,
+        how | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
         offset,
         len,
     )

@@ -25,15 +25,7 @@ const DISK: u64 = 4 << 30;
 
 #[test]
 fn bad_images_on_a_vm_end_in_clear_errors_and_a_fixed_image_provisions() {
-    require_tools();
-    let art = build_artifacts();
-    let ns = Netns::new(1);
-    ns.enter();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (ns, art, rt) = enter_lab(1);
     rt.block_on(scenario(&ns, &art));
 }
 

@@ -28,15 +28,7 @@ const DISK: u64 = 4 << 30;
 
 #[test]
 fn vms_behind_redfish_and_ipmi_are_inspected_provisioned_joined_and_wiped() {
-    require_tools();
-    let art = build_artifacts();
-    let ns = Netns::new(2);
-    ns.enter();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (ns, art, rt) = enter_lab(2);
     rt.block_on(scenario(&ns, &art));
 }
 

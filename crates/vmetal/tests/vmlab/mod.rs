@@ -144,6 +144,21 @@ impl Drop for Netns {
     }
 }
 
+/// Check the tools, build the artifacts, make a namespace with `taps` taps, move this thread
+/// into it and build the runtime there (its threads and QEMU are born in the namespace).
+pub fn enter_lab(taps: usize) -> (Netns, Artifacts, tokio::runtime::Runtime) {
+    require_tools();
+    let art = build_artifacts();
+    let ns = Netns::new(taps);
+    ns.enter();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    (ns, art, rt)
+}
+
 /// A VM of the test: name, MAC, BMC kind.
 pub fn vm(ns: &Netns, index: usize, bmc: VmBmc, disk_size: u64) -> VmSpec {
     VmSpec {
