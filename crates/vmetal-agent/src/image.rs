@@ -1,5 +1,5 @@
 //! Image writing: download, checksum (sha256/sha512, md5 only when asked), raw images streamed
-//! straight to the device, qcow2 downloaded to a temporary file and converted with imago.
+//! straight to the device, qcow2 images converted with imago while they download into memory.
 //!
 //! Success is only declared after the checksum matched; on a mismatch the first MiB written
 //! is zeroed again so a half image cannot boot.
@@ -15,7 +15,7 @@ use vmetal_api::states::{ChecksumType, ImageFormat};
 
 use crate::client::http_client;
 use crate::error::{AgentError, redact_url};
-use crate::growing::{Downloaded, GrowingFile};
+use crate::growing::{Downloaded, GrowingImage, GrowingWriter, growing, memory_budget};
 use crate::rawwrite::{ChunkHasher, RawWriter};
 
 /// Write and hash in chunks of this size.
@@ -34,8 +34,10 @@ pub struct WriteReport {
     pub image_end: u64,
     /// Bytes downloaded.
     pub downloaded: u64,
-    /// SHA-256 of the disk content written, hex.
-    pub written_sha256: String,
+    /// SHA-256 of the disk content written, hex, for raw images (the verified image checksum
+    /// itself when that is SHA-256). `None` for qcow2: hashing the converted disk would be a
+    /// second full pass over it, and the qcow2 file's own checksum was verified.
+    pub written_sha256: Option<String>,
     /// The algorithm the image checksum was verified with (`sha256`, `sha512`, `md5`).
     pub checksum_algorithm: &'static str,
 }
@@ -151,7 +153,7 @@ pub async fn write_image(
         ImageFormat::Qcow2 => {
             drop(dev);
             let step = std::sync::Mutex::new(step);
-            let (tmp, downloaded, actual, image_end, written_sha256) = qcow2_while_downloading(
+            let (downloaded, actual, image_end) = qcow2_while_downloading(
                 resp,
                 &url,
                 stall,
@@ -163,7 +165,6 @@ pub async fn write_image(
                 &mut |d, t| (step.lock().unwrap_or_else(|p| p.into_inner()))("writing", d, Some(t)),
             )
             .await?;
-            drop(tmp);
             if let Err(e) = verify(&url, &expected, &actual) {
                 // The image was written while it arrived: never leave it bootable.
                 wipe_start(device, image_end).await?;
@@ -172,7 +173,7 @@ pub async fn write_image(
             Ok(WriteReport {
                 image_end,
                 downloaded,
-                written_sha256,
+                written_sha256: None,
                 checksum_algorithm: algorithm_name(expected.algorithm),
             })
         }
@@ -181,8 +182,11 @@ pub async fn write_image(
                 return Err(too_small(device, t, device_size));
             }
             drop(dev);
-            let mut writer =
-                RawWriter::start(device, device_size, ImageHashes::new(expected.algorithm))?;
+            let mut writer = RawWriter::start(
+                device,
+                device_size,
+                Some(ImageHashes::new(expected.algorithm)),
+            )?;
             let mut stream = resp.bytes_stream();
             let mut reported = 0u64;
             let streamed: Result<(), AgentError> = async {
@@ -203,7 +207,15 @@ pub async fn write_image(
             .await;
             let finished = writer.finish().await;
             let (written, (image_hex, written_sha256)) = match (streamed, finished) {
-                (Ok(()), Ok(done)) => done,
+                (Ok(()), Ok((written, Some(hashes)))) => (written, hashes),
+                (Ok(()), Ok((_, None))) => {
+                    wipe_start(device, CHUNK as u64).await?;
+                    return Err(AgentError::disk(
+                        device,
+                        "hashing",
+                        std::io::Error::other("the hash stage returned nothing"),
+                    ));
+                }
                 (Err(e), _) | (Ok(()), Err(e)) => {
                     // Part of an image may have reached the disk: it must not boot.
                     wipe_start(device, CHUNK as u64).await?;
@@ -219,7 +231,7 @@ pub async fn write_image(
             Ok(WriteReport {
                 image_end: written,
                 downloaded: written,
-                written_sha256,
+                written_sha256: Some(written_sha256),
                 checksum_algorithm: algorithm_name(expected.algorithm),
             })
         }
@@ -451,62 +463,44 @@ async fn wipe_start(device: &Path, written: u64) -> Result<(), AgentError> {
     dev.sync_all().await.map_err(io("syncing"))
 }
 
-/// How much the downloader buffers before writing and telling the converter.
-const DOWNLOAD_FLUSH: usize = 4 << 20;
-
-/// Download the body into a temporary file, hashing it and publishing how far it is after
-/// each flushed write; returns the file's size and digest.
+/// Download the body into memory, hashing it and making each piece readable by the
+/// converter as it lands; returns the size and digest.
 async fn download_into(
     resp: reqwest::Response,
     url: &str,
     stall: Duration,
     algorithm: ChecksumType,
-    tmp: &tempfile::NamedTempFile,
-    published: &tokio::sync::watch::Sender<Downloaded>,
+    sink: &mut GrowingWriter,
     progress: &mut impl FnMut(u64),
 ) -> Result<(u64, String), AgentError> {
-    let tmp_path = tmp.path().to_path_buf();
-    let io = |e| AgentError::disk(&tmp_path, "writing", e);
-    let mut out = tokio::fs::File::from_std(tmp.reopen().map_err(io)?);
     let mut hash = Hasher::new(algorithm);
     let mut stream = resp.bytes_stream();
-    let mut buf: Vec<u8> = Vec::with_capacity(DOWNLOAD_FLUSH);
-    let mut done = 0u64;
     let mut reported = 0u64;
     loop {
         let next = tokio::time::timeout(stall, stream.next())
             .await
             .map_err(|_| stalled(url, stall))?;
-        let chunk = match next {
-            Some(chunk) => chunk.map_err(|e| download_error(url, reqwest_reason(&e)))?,
-            None => bytes::Bytes::new(),
-        };
-        let end = chunk.is_empty();
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(|e| download_error(url, reqwest_reason(&e)))?;
         hash.update(&chunk);
-        buf.extend_from_slice(&chunk);
-        if buf.len() >= DOWNLOAD_FLUSH || (end && !buf.is_empty()) {
-            out.write_all(&buf).await.map_err(io)?;
-            // tokio's File hands writes to a thread: flush so the converter can read them.
-            out.flush().await.map_err(io)?;
-            done += buf.len() as u64;
-            buf.clear();
-            published.send_modify(|p| p.bytes = done);
-            if done - reported >= PROGRESS_EVERY {
-                reported = done;
-                progress(done);
-            }
-        }
-        if end {
-            break;
+        sink.append(&chunk).map_err(|e| {
+            download_error(
+                url,
+                format!("{e}; qcow2 images are held in memory while they convert: use a raw image (streamed to disk) or give the server more memory"),
+            )
+        })?;
+        if sink.len() - reported >= PROGRESS_EVERY {
+            reported = sink.len();
+            progress(reported);
         }
     }
-    progress(done);
-    Ok((done, hash.hex()))
+    progress(sink.len());
+    Ok((sink.len(), hash.hex()))
 }
 
-/// Download a qcow2 image into a temporary file and convert it onto `device` at the same time
-/// (the converter's reads wait for the bytes they need). Returns the file, the bytes
-/// downloaded and their digest, the virtual size and the SHA-256 of what was written.
+/// Download a qcow2 image into memory and convert it onto `device` at the same time (the
+/// converter's reads wait for the bytes they need). Returns the bytes downloaded, their digest
+/// and the virtual size.
 #[allow(clippy::too_many_arguments)]
 async fn qcow2_while_downloading(
     resp: reqwest::Response,
@@ -518,36 +512,33 @@ async fn qcow2_while_downloading(
     device_size: u64,
     download_progress: &mut impl FnMut(u64),
     write_progress: &mut impl FnMut(u64, u64),
-) -> Result<(tempfile::NamedTempFile, u64, String, u64, String), AgentError> {
-    let tmp = tempfile::Builder::new()
-        .prefix("vmetal-image-")
-        .tempfile()
-        .map_err(|e| AgentError::disk(&std::env::temp_dir(), "creating a temporary file in", e))?;
-    let (tx, rx) = tokio::sync::watch::channel(Downloaded::default());
+) -> Result<(u64, String, u64), AgentError> {
+    let budget = memory_budget();
+    if let Some(t) = total.filter(|t| *t > budget) {
+        return Err(download_error(
+            url,
+            format!(
+                "the qcow2 image ({t} bytes) does not fit in the {budget} bytes of free memory it converts from; use a raw image (streamed to disk) or give the server more memory"
+            ),
+        ));
+    }
+    let mut sink = growing(budget);
+    let rx = sink.subscribe();
+    let source = sink.source();
     let (downloaded, converted) = {
         let download = async {
-            let r = download_into(resp, url, stall, algorithm, &tmp, &tx, download_progress).await;
-            tx.send_modify(|p| {
-                p.finished = Some(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-            });
+            let r = download_into(resp, url, stall, algorithm, &mut sink, download_progress).await;
+            sink.finish(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
             r
         };
         let convert = async {
-            // Without a Content-Length the file's final size is only known at the end.
+            // Without a Content-Length the final size is only known at the end.
             let size = match total {
                 Some(t) => t,
                 None => wait_finished(rx.clone()).await,
             };
-            convert_off_thread(
-                tmp.path(),
-                size,
-                rx.clone(),
-                url,
-                device,
-                device_size,
-                write_progress,
-            )
-            .await
+            let image = source.image(size);
+            convert_off_thread(image, url, device, device_size, write_progress).await
         };
         tokio::pin!(download, convert);
         let mut downloaded = None;
@@ -569,13 +560,12 @@ async fn qcow2_while_downloading(
     };
     let (bytes, digest) =
         downloaded.ok_or_else(|| download_error(url, "the download stopped".into()))?;
-    let (image_end, written_sha256) = converted.ok_or_else(|| AgentError::ImageFormat {
+    let image_end = converted.ok_or_else(|| AgentError::ImageFormat {
         url: url.to_string(),
         reason: "the qcow2 conversion stopped".into(),
     })?;
-    Ok((tmp, bytes, digest, image_end, written_sha256))
+    Ok((bytes, digest, image_end))
 }
-
 /// The final size once the download has finished (0 if it failed; the converter then fails
 /// on its first read and the download's error is reported).
 async fn wait_finished(mut rx: tokio::sync::watch::Receiver<Downloaded>) -> u64 {
@@ -593,27 +583,23 @@ async fn wait_finished(mut rx: tokio::sync::watch::Receiver<Downloaded>) -> u64 
 }
 
 /// Run [`qcow2_to_device`] on a blocking thread with its own small runtime (imago's futures
-/// are not `Send`, and the conversion is disk-bound anyway), relaying progress.
+/// are not `Send`), relaying progress.
 async fn convert_off_thread(
-    src: &Path,
-    src_size: u64,
-    downloaded: tokio::sync::watch::Receiver<Downloaded>,
+    image: GrowingImage,
     url: &str,
     device: &Path,
     device_size: u64,
     progress: &mut impl FnMut(u64, u64),
-) -> Result<(u64, String), AgentError> {
+) -> Result<u64, AgentError> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, u64)>();
-    let (src, url_owned, dev) = (src.to_path_buf(), url.to_string(), device.to_path_buf());
+    let (url_owned, dev) = (url.to_string(), device.to_path_buf());
     let job = tokio::task::spawn_blocking(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| AgentError::disk(&dev, "starting the converter for", e))?;
         rt.block_on(qcow2_to_device(
-            &src,
-            src_size,
-            downloaded,
+            image,
             &url_owned,
             &dev,
             device_size,
@@ -639,18 +625,16 @@ async fn convert_off_thread(
     }
 }
 
-/// Convert the qcow2 file at `src` to raw on `dev`; returns the virtual size and the SHA-256 of
-/// the disk content. Unallocated and zero ranges are only written where the disk is not
-/// already zero, which keeps sparse disk files sparse.
+/// Convert the qcow2 image arriving in `storage` to raw on `device`; returns the virtual size.
+/// Zero and unallocated ranges are zeroed by the device or punched out of a disk file, never
+/// read back or written as data.
 async fn qcow2_to_device(
-    src: &Path,
-    src_size: u64,
-    downloaded: tokio::sync::watch::Receiver<Downloaded>,
+    storage: GrowingImage,
     url: &str,
     device: &Path,
     device_size: u64,
     progress: &mut impl FnMut(u64, u64),
-) -> Result<(u64, String), AgentError> {
+) -> Result<u64, AgentError> {
     use imago::qcow2::Qcow2;
     use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, Mapping, StorageExt};
 
@@ -658,9 +642,7 @@ async fn qcow2_to_device(
         url: url.to_string(),
         reason,
     };
-    let storage = GrowingFile::open(src, src_size, downloaded)
-        .await
-        .map_err(|e| AgentError::disk(src, "opening", e))?;
+    let src_size = imago::Storage::size(&storage).unwrap_or(0);
     let mut magic = [0u8; 4];
     if src_size < 4 || storage.read(&mut magic[..], 0).await.is_err() || magic != *b"QFI\xfb" {
         return Err(bad(
@@ -669,7 +651,7 @@ async fn qcow2_to_device(
     }
     // Implicit opens (backing files, external data files) would read local files named by
     // an untrusted image: refuse them.
-    let qcow2 = Qcow2::<GrowingFile>::builder(storage)
+    let qcow2 = Qcow2::<GrowingImage>::builder(storage)
         .open(DenyImplicitOpenGate::default())
         .await
         .map_err(|e| bad(format!("not a usable qcow2 image: {e}")))?;
@@ -678,9 +660,8 @@ async fn qcow2_to_device(
     if size > device_size {
         return Err(too_small(device, size, device_size));
     }
-    // Zero and unallocated ranges become holes (files) or zero writes (block devices), so
-    // nothing is read back from the disk; hashing and writing run on their own threads.
-    let mut writer = RawWriter::start(device, device_size, ImageHashes::new(ChecksumType::Sha256))?;
+    // Writing runs on its own thread; nothing is hashed (the qcow2 file's checksum is).
+    let mut writer = RawWriter::<ImageHashes>::start(device, device_size, None)?;
     let mut buf = vec![0u8; crate::rawwrite::CHUNK];
     let mut offset = 0u64;
     let mut reported = 0u64;
@@ -714,9 +695,9 @@ async fn qcow2_to_device(
             progress(writer.written(), size);
         }
     }
-    let (written, (_, written_sha256)) = writer.finish().await?;
+    let (written, _) = writer.finish().await?;
     progress(written, size);
-    Ok((size, written_sha256))
+    Ok(size)
 }
 
 #[cfg(test)]
@@ -889,7 +870,10 @@ mod tests {
         assert_eq!(report.downloaded, qcow.len() as u64);
         let disk = std::fs::read(&device).unwrap();
         assert!(disk[..raw.len()] == raw[..], "the disk holds the image");
-        assert_eq!(report.written_sha256, sha256_hex(&raw));
+        assert_eq!(
+            report.written_sha256, None,
+            "converted output is not hashed again"
+        );
 
         // The connection drops after 60%: a download error, not a format error.
         let url = lying_server(qcow.clone(), qcow.len(), qcow.len() * 6 / 10).await;

@@ -311,7 +311,10 @@ async fn write_image(
     let mb_per_s = report.image_end as f64 / 1e6 / seconds.max(1e-9);
     println!(
         "bytes_written={} seconds={seconds:.3} mb_per_s={mb_per_s:.1} downloaded_bytes={} checksum={} written_sha256={}",
-        report.image_end, report.downloaded, report.checksum_algorithm, report.written_sha256
+        report.image_end,
+        report.downloaded,
+        report.checksum_algorithm,
+        report.written_sha256.as_deref().unwrap_or("-")
     );
     Ok(())
 }

@@ -1,13 +1,14 @@
 //! Streaming a raw image onto a disk in three stages that run at once: the download (async),
-//! hashing (a thread) and writing (a thread, `O_DIRECT` in 4 MiB aligned chunks on block
-//! devices, then `fsync`). The slowest stage sets the pace instead of their sum.
+//! hashing (a thread, optional) and writing (a thread, `O_DIRECT` in 4 MiB aligned chunks on
+//! block devices, then `fsync`). The slowest stage sets the pace instead of their sum. Zero
+//! chunks are not written but zeroed by the device (write-zeroes) or punched out of a file.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
@@ -20,21 +21,47 @@ const ALIGN: usize = 4096;
 /// Chunks in flight per stage (memory: about 2 × DEPTH × CHUNK).
 const DEPTH: usize = 4;
 
-/// A chunk whose data starts at an `ALIGN`-aligned address.
+/// Spare chunk buffers: a steady stream reuses them instead of allocating (and page-faulting)
+/// 4 MiB per chunk.
+#[derive(Clone, Default)]
+struct Pool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl Pool {
+    fn chunk(&self) -> Chunk {
+        let spare = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let buf = spare.unwrap_or_else(|| vec![0u8; CHUNK + ALIGN]);
+        // `align_offset` is safe and exact for u8 pointers.
+        let start = buf.as_ptr().align_offset(ALIGN).min(ALIGN);
+        Chunk {
+            buf,
+            start,
+            len: 0,
+            pool: Some(self.clone()),
+        }
+    }
+}
+
+/// A chunk whose data starts at an `ALIGN`-aligned address; its buffer goes back to the pool
+/// when the last stage is done with it.
 pub struct Chunk {
     buf: Vec<u8>,
     start: usize,
     len: usize,
+    pool: Option<Pool>,
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            let mut spare = pool.0.lock().unwrap_or_else(|p| p.into_inner());
+            if spare.len() < 2 * DEPTH + 2 {
+                spare.push(std::mem::take(&mut self.buf));
+            }
+        }
+    }
 }
 
 impl Chunk {
-    fn new() -> Self {
-        let buf = vec![0u8; CHUNK + ALIGN];
-        // `align_offset` is safe and exact for u8 pointers.
-        let start = buf.as_ptr().align_offset(ALIGN).min(ALIGN);
-        Self { buf, start, len: 0 }
-    }
-
     fn data(&self) -> &[u8] {
         &self.buf[self.start..self.start + self.len]
     }
@@ -53,11 +80,17 @@ impl Chunk {
     }
 }
 
+/// Whether `data` is all zeros (page by page; the inner fold compiles to wide compares).
+fn is_zero(data: &[u8]) -> bool {
+    data.chunks(ALIGN)
+        .all(|page| page.iter().fold(0u8, |acc, b| acc | b) == 0)
+}
+
 /// What flows to the stages, in disk order.
 enum Piece {
     /// Bytes to write.
     Data(Arc<Chunk>),
-    /// This many zero bytes (a hole in a file; written zeros on a block device).
+    /// This many zero bytes (a qcow2 zero or unallocated range).
     Zeros(u64),
 }
 
@@ -76,99 +109,53 @@ pub trait ChunkHasher: Send + 'static {
 pub struct RawWriter<H: ChunkHasher> {
     device: PathBuf,
     device_size: u64,
+    pool: Pool,
     current: Chunk,
     queued: u64,
-    to_hash: mpsc::Sender<Piece>,
+    to_hash: Option<mpsc::Sender<Piece>>,
     to_write: mpsc::Sender<Piece>,
-    hasher: std::thread::JoinHandle<H::Output>,
+    hasher: Option<std::thread::JoinHandle<H::Output>>,
     writer: std::thread::JoinHandle<Result<u64, AgentError>>,
     written: Arc<AtomicU64>,
 }
 
 impl<H: ChunkHasher> RawWriter<H> {
-    /// Open `device` (of `device_size` bytes) and start the stages.
-    pub fn start(device: &Path, device_size: u64, mut hasher: H) -> Result<Self, AgentError> {
+    /// Open `device` (of `device_size` bytes) and start the stages; without a hasher nothing
+    /// is hashed.
+    pub fn start(device: &Path, device_size: u64, hasher: Option<H>) -> Result<Self, AgentError> {
         let (direct, buffered) = open_device(device)?;
-        let (to_hash, mut hash_rx) = mpsc::channel::<Piece>(DEPTH);
-        let (to_write, mut write_rx) = mpsc::channel::<Piece>(DEPTH);
-        let hasher = std::thread::Builder::new()
-            .name("image-hash".into())
-            .spawn(move || {
-                let zeros = vec![0u8; CHUNK];
-                while let Some(piece) = hash_rx.blocking_recv() {
-                    match piece {
-                        Piece::Data(chunk) => hasher.update(chunk.data()),
-                        Piece::Zeros(mut n) => {
-                            while n > 0 {
-                                let take = n.min(CHUNK as u64) as usize;
-                                hasher.update(&zeros[..take]);
-                                n -= take as u64;
-                            }
-                        }
-                    }
-                }
-                hasher.finish()
-            })
-            .map_err(|e| AgentError::disk(device, "starting the hash thread for", e))?;
+        let pool = Pool::default();
+        let (to_hash, hasher) = match hasher {
+            Some(h) => {
+                let (tx, rx) = mpsc::channel::<Piece>(DEPTH);
+                let thread = std::thread::Builder::new()
+                    .name("image-hash".into())
+                    .spawn(move || hash_stage(h, rx))
+                    .map_err(|e| AgentError::disk(device, "starting the hash thread for", e))?;
+                (Some(tx), Some(thread))
+            }
+            None => (None, None),
+        };
+        let (to_write, write_rx) = mpsc::channel::<Piece>(DEPTH);
         let written = Arc::new(AtomicU64::new(0));
-        let progress = written.clone();
-        let dev = device.to_path_buf();
+        let stage = WriteStage {
+            device: device.to_path_buf(),
+            direct,
+            block: is_block(&buffered),
+            buffered,
+            progress: written.clone(),
+            zeros: None,
+            pool: pool.clone(),
+        };
         let writer = std::thread::Builder::new()
             .name("image-write".into())
-            .spawn(move || {
-                let io = |op| {
-                    let dev = dev.clone();
-                    move |e| AgentError::disk(&dev, op, e)
-                };
-                let mut offset = 0u64;
-                let mut zeros: Option<Chunk> = None;
-                while let Some(piece) = write_rx.blocking_recv() {
-                    match piece {
-                        Piece::Data(chunk) => {
-                            write_at(direct.as_ref(), &buffered, chunk.data(), offset)
-                                .map_err(io("writing"))?;
-                            offset += chunk.len as u64;
-                        }
-                        Piece::Zeros(n) if direct.is_none() => {
-                            // A file (a simulated server's disk): a hole reads as zeros and
-                            // keeps the file sparse.
-                            punch_hole(&buffered, offset, n).map_err(io("zeroing"))?;
-                            offset += n;
-                        }
-                        // A block device that zeroes ranges itself (write-zeroes, as
-                        // `qemu-img convert` uses) saves writing them.
-                        Piece::Zeros(n) if zero_range(&buffered, offset, n).is_ok() => {
-                            offset += n;
-                        }
-                        Piece::Zeros(mut n) => {
-                            let z = zeros.get_or_insert_with(|| {
-                                let mut c = Chunk::new();
-                                c.len = CHUNK;
-                                c
-                            });
-                            while n > 0 {
-                                let take = n.min(CHUNK as u64) as usize;
-                                write_at(direct.as_ref(), &buffered, &z.data()[..take], offset)
-                                    .map_err(io("zeroing"))?;
-                                offset += take as u64;
-                                n -= take as u64;
-                            }
-                        }
-                    }
-                    progress.store(offset, Ordering::Relaxed);
-                }
-                if let Some(d) = &direct {
-                    d.sync_all().map_err(io("syncing"))?;
-                }
-                (&buffered).flush().map_err(io("syncing"))?;
-                buffered.sync_all().map_err(io("syncing"))?;
-                Ok(offset)
-            })
+            .spawn(move || stage.run(write_rx))
             .map_err(|e| AgentError::disk(device, "starting the write thread for", e))?;
         Ok(Self {
             device: device.to_path_buf(),
             device_size,
-            current: Chunk::new(),
+            current: pool.chunk(),
+            pool,
             queued: 0,
             to_hash,
             to_write,
@@ -201,11 +188,7 @@ impl<H: ChunkHasher> RawWriter<H> {
             self.send().await?;
         }
         self.reserve(n)?;
-        let _ = self.to_hash.send(Piece::Zeros(n)).await;
-        if self.to_write.send(Piece::Zeros(n)).await.is_err() {
-            return Err(self.stopped());
-        }
-        Ok(())
+        self.to_stages(|| Piece::Zeros(n)).await
     }
 
     /// Account for `n` more bytes, refusing to go past the end of the disk.
@@ -225,12 +208,18 @@ impl<H: ChunkHasher> RawWriter<H> {
     }
 
     async fn send(&mut self) -> Result<(), AgentError> {
-        let chunk = std::mem::replace(&mut self.current, Chunk::new());
+        let chunk = std::mem::replace(&mut self.current, self.pool.chunk());
         self.reserve(chunk.len as u64)?;
         let chunk = Arc::new(chunk);
-        // A closed stage has failed; `finish` reports why.
-        let _ = self.to_hash.send(Piece::Data(chunk.clone())).await;
-        if self.to_write.send(Piece::Data(chunk)).await.is_err() {
+        self.to_stages(|| Piece::Data(chunk.clone())).await
+    }
+
+    async fn to_stages(&self, piece: impl Fn() -> Piece) -> Result<(), AgentError> {
+        if let Some(h) = &self.to_hash {
+            // A closed stage has failed; `finish` reports why.
+            let _ = h.send(piece()).await;
+        }
+        if self.to_write.send(piece()).await.is_err() {
             return Err(self.stopped());
         }
         Ok(())
@@ -244,9 +233,9 @@ impl<H: ChunkHasher> RawWriter<H> {
         )
     }
 
-    /// Flush the last partial chunk, wait for both stages and return the bytes written and
-    /// the hash stage's output.
-    pub async fn finish(mut self) -> Result<(u64, H::Output), AgentError> {
+    /// Flush the last partial chunk, wait for the stages and return the bytes written and
+    /// the hash stage's output (`None` without a hasher).
+    pub async fn finish(mut self) -> Result<(u64, Option<H::Output>), AgentError> {
         if self.current.len > 0 {
             self.send().await?;
         }
@@ -259,7 +248,7 @@ impl<H: ChunkHasher> RawWriter<H> {
             ..
         } = self;
         drop((to_hash, to_write));
-        let joined = tokio::task::spawn_blocking(move || (hasher.join(), writer.join()))
+        let joined = tokio::task::spawn_blocking(move || (hasher.map(|h| h.join()), writer.join()))
             .await
             .map_err(|e| {
                 AgentError::disk(
@@ -275,10 +264,121 @@ impl<H: ChunkHasher> RawWriter<H> {
                 std::io::Error::other(format!("the {what} thread panicked")),
             )
         };
-        let hash = joined.0.map_err(|_| panicked("hash"))?;
+        let hash = joined.0.transpose().map_err(|_| panicked("hash"))?;
         let written = joined.1.map_err(|_| panicked("write"))??;
         Ok((written, hash))
     }
+}
+
+/// The hash thread: every piece in order, zero ranges as zeros.
+fn hash_stage<H: ChunkHasher>(mut hasher: H, mut rx: mpsc::Receiver<Piece>) -> H::Output {
+    let zeros = vec![0u8; CHUNK];
+    while let Some(piece) = rx.blocking_recv() {
+        match piece {
+            Piece::Data(chunk) => hasher.update(chunk.data()),
+            Piece::Zeros(mut n) => {
+                while n > 0 {
+                    let take = n.min(CHUNK as u64) as usize;
+                    hasher.update(&zeros[..take]);
+                    n -= take as u64;
+                }
+            }
+        }
+    }
+    hasher.finish()
+}
+
+/// The write thread's state.
+struct WriteStage {
+    device: PathBuf,
+    /// An `O_DIRECT` handle (block devices that allow it).
+    direct: Option<File>,
+    buffered: File,
+    /// A block device (else a disk file).
+    block: bool,
+    progress: Arc<AtomicU64>,
+    /// A chunk of zeros, made the first time a range has to be written out as zeros.
+    zeros: Option<Chunk>,
+    pool: Pool,
+}
+
+impl WriteStage {
+    fn run(mut self, mut rx: mpsc::Receiver<Piece>) -> Result<u64, AgentError> {
+        let mut offset = 0u64;
+        while let Some(piece) = rx.blocking_recv() {
+            match piece {
+                Piece::Data(chunk) => {
+                    let data = chunk.data();
+                    let len = data.len() as u64;
+                    // Zeros in a raw image (most of an OS image's free space) need no writing.
+                    if !(is_zero(data) && self.zero_fast(offset, len).is_ok()) {
+                        write_at(self.direct.as_ref(), &self.buffered, data, offset)
+                            .map_err(|e| self.error("writing", e))?;
+                    }
+                    offset += len;
+                }
+                Piece::Zeros(n) => {
+                    if self.zero_fast(offset, n).is_err() {
+                        self.write_zeros(offset, n)
+                            .map_err(|e| self.error("zeroing", e))?;
+                    }
+                    offset += n;
+                }
+            }
+            self.progress.store(offset, Ordering::Relaxed);
+        }
+        if let Some(d) = &self.direct {
+            d.sync_all().map_err(|e| self.error("syncing", e))?;
+        }
+        (&self.buffered)
+            .flush()
+            .and_then(|()| self.buffered.sync_all())
+            .map_err(|e| self.error("syncing", e))?;
+        Ok(offset)
+    }
+
+    /// Zero a range without writing it: a hole in a file (it stays sparse), write-zeroes on a
+    /// block device (as `qemu-img convert` does). An error when the device cannot.
+    fn zero_fast(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        let how = if self.block {
+            nix::fcntl::FallocateFlags::FALLOC_FL_ZERO_RANGE
+        } else {
+            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+        };
+        zero_with(&self.buffered, offset, len, how)
+    }
+
+    fn write_zeros(&mut self, mut offset: u64, mut n: u64) -> std::io::Result<()> {
+        let pool = &self.pool;
+        let z = self.zeros.get_or_insert_with(|| {
+            let mut c = pool.chunk();
+            c.buf.fill(0);
+            c.len = CHUNK;
+            c
+        });
+        while n > 0 {
+            let take = n.min(CHUNK as u64) as usize;
+            write_at(
+                self.direct.as_ref(),
+                &self.buffered,
+                &z.data()[..take],
+                offset,
+            )?;
+            offset += take as u64;
+            n -= take as u64;
+        }
+        Ok(())
+    }
+
+    fn error(&self, op: &'static str, e: std::io::Error) -> AgentError {
+        AgentError::disk(&self.device, op, e)
+    }
+}
+
+fn is_block(file: &File) -> bool {
+    file.metadata()
+        .map(|m| m.file_type().is_block_device())
+        .unwrap_or(false)
 }
 
 /// Write through `O_DIRECT` when offset and length allow it (full aligned chunks go around the
@@ -295,27 +395,6 @@ fn write_at(
         }
         _ => buffered.write_all_at(data, offset),
     }
-}
-
-/// Ask the device to zero `len` bytes at `offset` (`FALLOC_FL_ZERO_RANGE`: write-zeroes or
-/// discard-with-zeroes on block devices that support it; an error otherwise).
-fn zero_range(device: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    zero_with(
-        device,
-        offset,
-        len,
-        nix::fcntl::FallocateFlags::FALLOC_FL_ZERO_RANGE,
-    )
-}
-
-/// Make `len` bytes at `offset` of a file read as zeros by deallocating them.
-fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    zero_with(
-        file,
-        offset,
-        len,
-        nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE,
-    )
 }
 
 /// `fallocate` with `how`, keeping the size.
@@ -344,11 +423,7 @@ fn open_device(device: &Path) -> Result<(Option<File>, File), AgentError> {
         .write(true)
         .open(device)
         .map_err(io("opening"))?;
-    let is_block = buffered
-        .metadata()
-        .map(|m| m.file_type().is_block_device())
-        .unwrap_or(false);
-    let direct = if is_block {
+    let direct = if is_block(&buffered) {
         // Some devices refuse O_DIRECT; the page cache still works there.
         OpenOptions::new()
             .write(true)
@@ -384,13 +459,13 @@ mod tests {
         let dev = dir.path().join("disk");
         std::fs::write(&dev, vec![0xaau8; 20 << 20]).unwrap();
         let image: Vec<u8> = (0..(9 << 20) + 123).map(|i| (i % 253) as u8).collect();
-        let mut w = RawWriter::start(&dev, 20 << 20, Sha(Sha256::new())).unwrap();
+        let mut w = RawWriter::start(&dev, 20 << 20, Some(Sha(Sha256::new()))).unwrap();
         for piece in image.chunks(65_537) {
             w.push(piece).await.unwrap();
         }
         let (written, hash) = w.finish().await.unwrap();
         assert_eq!(written, image.len() as u64);
-        assert_eq!(hash, crate::image::hex(&Sha256::digest(&image)));
+        assert_eq!(hash, Some(crate::image::hex(&Sha256::digest(&image))));
         let disk = std::fs::read(&dev).unwrap();
         assert!(disk[..image.len()] == image[..]);
         assert!(
@@ -400,11 +475,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn zero_chunks_become_holes_and_are_still_hashed() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("disk");
+        std::fs::write(&dev, vec![0xaau8; 16 << 20]).unwrap();
+        // 4 MiB of data, 8 MiB of zeros, 4 MiB of data.
+        let mut image = vec![0x55u8; 16 << 20];
+        image[4 << 20..12 << 20].fill(0);
+        let mut w = RawWriter::start(&dev, 16 << 20, Some(Sha(Sha256::new()))).unwrap();
+        w.push(&image).await.unwrap();
+        let (written, hash) = w.finish().await.unwrap();
+        assert_eq!(written, 16 << 20);
+        assert_eq!(hash, Some(crate::image::hex(&Sha256::digest(&image))));
+        assert!(
+            std::fs::read(&dev).unwrap() == image,
+            "the zeros replaced the old bytes"
+        );
+        let allocated = std::fs::metadata(&dev).unwrap().blocks() * 512;
+        assert!(
+            allocated <= 9 << 20,
+            "the zero range was punched out: {allocated} bytes allocated"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_hasher_nothing_is_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("disk");
+        std::fs::write(&dev, vec![0u8; 8 << 20]).unwrap();
+        let mut w = RawWriter::<Sha>::start(&dev, 8 << 20, None).unwrap();
+        w.push(&[7u8; 5000]).await.unwrap();
+        w.push_zeros(3000).await.unwrap();
+        w.push(&[9u8; 100]).await.unwrap();
+        let (written, hash) = w.finish().await.unwrap();
+        assert_eq!((written, hash), (8100, None));
+        let disk = std::fs::read(&dev).unwrap();
+        assert!(disk[..5000].iter().all(|b| *b == 7) && disk[5000..8000].iter().all(|b| *b == 0));
+        assert!(disk[8000..8100].iter().all(|b| *b == 9));
+    }
+
+    #[tokio::test]
     async fn an_image_larger_than_the_disk_stops_before_writing_past_it() {
         let dir = tempfile::tempdir().unwrap();
         let dev = dir.path().join("disk");
         std::fs::write(&dev, vec![0u8; 6 << 20]).unwrap();
-        let mut w = RawWriter::start(&dev, 6 << 20, Sha(Sha256::new())).unwrap();
+        let mut w = RawWriter::start(&dev, 6 << 20, Some(Sha(Sha256::new()))).unwrap();
         let err = async {
             for _ in 0..3 {
                 w.push(&vec![1u8; 4 << 20]).await?;

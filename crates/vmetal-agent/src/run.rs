@@ -219,7 +219,7 @@ impl Cycle<'_> {
                 sha256,
             }) => {
                 result.root_device = Some(root_device);
-                result.written_sha256 = Some(sha256);
+                result.written_sha256 = sha256;
             }
             Ok(Done::Wiped) => {}
             Err(e) => {
@@ -235,7 +235,10 @@ impl Cycle<'_> {
 /// What a successful command produced.
 enum Done {
     Inventory(Box<vmetal_api::hardware::HardwareDetails>),
-    Deployed { root_device: String, sha256: String },
+    Deployed {
+        root_device: String,
+        sha256: Option<String>,
+    },
     Wiped,
 }
 

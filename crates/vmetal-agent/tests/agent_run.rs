@@ -268,10 +268,12 @@ async fn raw_deploy_then_wipe_then_qcow2_deploy() {
     run_cycle(&m, &api).await;
     let r = api.result("c4/deploy").unwrap();
     assert_eq!(r.error, None, "{r:?}");
-    assert_eq!(r.written_sha256, Some(sha256_hex(&second)));
-    assert_eq!(
-        m.read("sda", MIB, 4 * MIB),
-        second[MIB as usize..5 * MIB as usize]
+    // Only raw images report a digest of what was written; the qcow2's own was verified.
+    assert_eq!(r.written_sha256, None);
+    // (Its partition tables, first MiB and last sectors, are changed by the config drive.)
+    assert!(
+        m.read("sda", MIB, 4 * MIB) == second[MIB as usize..5 * MIB as usize],
+        "the disk holds the converted image, zeros where it was unallocated"
     );
     assert!(
         vmetal_agent::read_config_drive(&m.dev.join("sda"))
