@@ -2,13 +2,16 @@
 # Image write throughput: vmetal-agent against Ironic's method and plain dd, on this machine.
 #
 #   bench/image-write.sh            (root: uses a loop device and drops the page cache)
+#   DISK_MBPS=1000 bench/image-write.sh   the same with writes to the target limited to
+#                                   1000 MB/s (a blkio cgroup), like a real disk slower than RAM
 #
 # Images: a 2 GiB raw image (1.25 GiB of incompressible data, then zeros, like a mostly full
 # OS image) and its qcow2 conversion (2 GiB virtual), served over loopback HTTP by Python's
 # http.server. Target: a 2 GiB loop device backed by a file (direct I/O). Each method runs
 # RUNS times (default 3); the table gives the median. Methods:
 #   vmetal     vmetal-agent write-image: raw streamed to the device (download, hash and
-#              O_DIRECT writes run at once); qcow2 converted while it downloads; fsync at the end
+#              O_DIRECT writes run at once, zero chunks as write-zeroes); qcow2 converted from
+#              memory while it downloads; fsync at the end
 #   ironic     what Ironic's agent does for images it does not stream: download to a temporary
 #              file in the ramdisk's tmpfs (/dev/shm here), hashing on the way (OpenSSL), then
 #              `qemu-img convert -t directsync -O raw` (qcow2) or `dd oflag=direct` (raw)
@@ -51,8 +54,37 @@ server=$!
 target_file=$WORK/target.img
 truncate -s 2G "$target_file"
 loop=$(losetup --find --show --direct-io=on "$target_file")
-cleanup() { kill "$server" 2>/dev/null || true; losetup -d "$loop" 2>/dev/null || true; rm -f /dev/shm/vmetal-bench-*; }
+throttle=
+cleanup() {
+  kill "$server" 2>/dev/null || true
+  if [[ -n $throttle ]]; then
+    echo $$ > "${throttle%/*}/cgroup.procs" 2>/dev/null || true
+    rmdir "$throttle" 2>/dev/null || true
+  fi
+  losetup -d "$loop" 2>/dev/null || true
+  rm -f /dev/shm/vmetal-bench-*
+}
 trap cleanup EXIT
+if [[ -n ${DISK_MBPS:-} ]]; then
+  # Every method's writes to the target go through the same limit: this shell and all it
+  # starts join a cgroup whose write bandwidth to the loop device is capped.
+  dev=$(lsblk -dno MAJ:MIN "$loop" | tr -d ' ')
+  if [[ -f /sys/fs/cgroup/blkio/blkio.throttle.write_bps_device ]]; then
+    throttle=/sys/fs/cgroup/blkio/vmetal-image-bench
+    mkdir -p "$throttle"
+    echo "$dev $((DISK_MBPS * 1000000))" > "$throttle/blkio.throttle.write_bps_device"
+  elif grep -qw io /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+    throttle=/sys/fs/cgroup/vmetal-image-bench
+    echo +io > /sys/fs/cgroup/cgroup.subtree_control
+    mkdir -p "$throttle"
+    echo "$dev wbps=$((DISK_MBPS * 1000000))" > "$throttle/io.max"
+  else
+    echo "image-write.sh: DISK_MBPS needs the blkio (v1) or io (v2) cgroup controller" >&2
+    exit 1
+  fi
+  echo $$ > "$throttle/cgroup.procs"
+  echo "writes to $loop limited to $DISK_MBPS MB/s"
+fi
 for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/SHA256SUMS" && break; sleep 0.1; done
 # Keep the images in the page cache, as an HTTP server would; the target is not cached.
 cat "$raw" "$qcow" > /dev/null
@@ -62,8 +94,7 @@ now() { date +%s.%N; }
 settle() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; cat "$raw" "$qcow" > /dev/null; }
 
 run_vmetal() { # format url sum
-  # The ramdisk's /tmp (where a qcow2 download lands) is RAM, as /dev/shm is here.
-  TMPDIR=/dev/shm "$AGENT" write-image --url "$2" --device "$loop" --format "$1" --checksum "$3" --checksum-type sha256 \
+  "$AGENT" write-image --url "$2" --device "$loop" --format "$1" --checksum "$3" --checksum-type sha256 \
     >/dev/null 2>>"$WORK/agent.log"
 }
 run_ironic() { # format url sum
@@ -132,4 +163,4 @@ printf '| qcow2 (%s MiB file) | %s s (%s MB/s) | %s s (%s MB/s) | – | – | %s
   "$(printf %.2f "${secs[ironic_qcow2]}")" "$(mbps "${secs[ironic_qcow2]}")" \
   "$(ratio "${secs[ironic_qcow2]}" "${secs[vmetal_qcow2]}")"
 echo
-echo "(median of $RUNS runs; MB/s of the 2 GiB virtual size; ratios are speed-ups, >1 means vmetal is faster)"
+echo "(median of $RUNS runs; MB/s of the 2 GiB virtual size; ratios are speed-ups, >1 means vmetal is faster${DISK_MBPS:+; target writes limited to $DISK_MBPS MB/s})"
