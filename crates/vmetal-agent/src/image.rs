@@ -514,14 +514,7 @@ async fn qcow2_while_downloading(
     write_progress: &mut impl FnMut(u64, u64),
 ) -> Result<(u64, String, u64), AgentError> {
     let budget = memory_budget();
-    if let Some(t) = total.filter(|t| *t > budget) {
-        return Err(download_error(
-            url,
-            format!(
-                "the qcow2 image ({t} bytes) does not fit in the {budget} bytes of free memory it converts from; use a raw image (streamed to disk) or give the server more memory"
-            ),
-        ));
-    }
+    fits_in_memory(url, total, budget)?;
     let mut sink = growing(budget);
     let rx = sink.subscribe();
     let source = sink.source();
@@ -566,6 +559,19 @@ async fn qcow2_while_downloading(
     })?;
     Ok((bytes, digest, image_end))
 }
+/// Refuse a qcow2 download whose announced size exceeds the memory it would be held in.
+fn fits_in_memory(url: &str, size: Option<u64>, budget: u64) -> Result<(), AgentError> {
+    match size {
+        Some(t) if t > budget => Err(download_error(
+            url,
+            format!(
+                "the qcow2 image ({t} bytes) does not fit in the {budget} bytes of free memory it converts from; use a raw image (streamed to disk) or give the server more memory"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The final size once the download has finished (0 if it failed; the converter then fails
 /// on its first read and the download's error is reported).
 async fn wait_finished(mut rx: tokio::sync::watch::Receiver<Downloaded>) -> u64 {
@@ -842,6 +848,19 @@ mod tests {
 
     fn sha256_hex(b: &[u8]) -> String {
         hex(&Sha256::digest(b))
+    }
+
+    #[test]
+    fn a_qcow2_larger_than_free_memory_is_refused_with_both_sizes() {
+        fits_in_memory("http://i/a.qcow2", Some(100), 100).unwrap();
+        fits_in_memory("http://i/a.qcow2", None, 100).unwrap();
+        let err = fits_in_memory("http://i/a.qcow2", Some(101), 100).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("(101 bytes)") && msg.contains("100 bytes of free memory"),
+            "{msg}"
+        );
+        assert!(msg.contains("use a raw image"), "{msg}");
     }
 
     #[tokio::test]
