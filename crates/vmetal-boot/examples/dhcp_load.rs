@@ -111,6 +111,7 @@ fn serve(flags: &Flags) -> anyhow::Result<()> {
         },
         agent_api: None,
         lease_file: None,
+        router_advertisements: false,
     };
     // The same runtime `vmetal boot` uses.
     let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;

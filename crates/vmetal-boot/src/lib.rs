@@ -6,6 +6,7 @@
 //!
 //! - [`dhcp`] — parse a request, decide and encode the reply; the socket loop.
 //! - [`tftp`] — read-only TFTP for the iPXE binaries.
+//! - [`ndp`] — IPv6 router advertisements that spare iPXE its wait for an IPv6 router.
 //! - [`http`] — per-MAC iPXE scripts, agent kernel/initramfs, `/ipxe/` binaries, `/metrics`.
 //! - [`callback`] — `/v1/*` forwarded to the controller's agent API.
 //! - [`hosts`], [`watch`], [`leases`] — who may boot, kept live from BareMetalHosts.
@@ -19,6 +20,7 @@ pub mod http;
 pub mod leases;
 pub mod metrics;
 pub mod multus;
+pub mod ndp;
 pub mod service;
 pub mod tftp;
 pub mod watch;

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub tftp_bytes: Counter,
     /// iPXE scripts served, by kind (agent, exit).
     pub http_scripts: Family<Labels, Counter>,
+    /// IPv6 router solicitations, by result (answered, unknown_host, send_failed).
+    pub ra_solicitations: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -45,6 +47,7 @@ impl Metrics {
         let tftp_transfers = Family::<Labels, Counter>::default();
         let tftp_bytes = Counter::default();
         let http_scripts = Family::<Labels, Counter>::default();
+        let ra_solicitations = Family::<Labels, Counter>::default();
         registry.register(
             "dhcp_requests",
             "DHCP requests received",
@@ -63,6 +66,11 @@ impl Metrics {
         );
         registry.register("tftp_bytes", "TFTP payload bytes sent", tftp_bytes.clone());
         registry.register("http_scripts", "iPXE scripts served", http_scripts.clone());
+        registry.register(
+            "ra_solicitations",
+            "IPv6 router solicitations seen",
+            ra_solicitations.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             dhcp_requests,
@@ -71,6 +79,7 @@ impl Metrics {
             tftp_transfers,
             tftp_bytes,
             http_scripts,
+            ra_solicitations,
         }
     }
 

@@ -41,6 +41,8 @@ pub struct BootServiceConfig {
     pub agent_api: Option<String>,
     /// Reservation-mode lease file.
     pub lease_file: Option<PathBuf>,
+    /// Answer known hosts' IPv6 router solicitations on `interface` (see [`crate::ndp`]).
+    pub router_advertisements: bool,
 }
 
 /// The running services; dropping it stops them.
@@ -118,6 +120,20 @@ pub async fn start(
         }
     }
 
+    if let (true, Some(ifname)) = (config.router_advertisements, iface) {
+        // Only a speed-up: where raw sockets or IPv6 are unavailable, iPXE just waits longer.
+        match crate::ndp::server::bind(ifname) {
+            Ok(socket) => tasks.push(spawn_logged(
+                "IPv6 router advertisements",
+                crate::ndp::server::serve(socket, hosts.clone(), metrics.clone()),
+            )),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "not answering IPv6 router solicitations; iPXE waits ~16 s for an IPv6 router on networks without one"
+            ),
+        }
+    }
+
     let tftp_addr = match config.tftp_bind {
         Some(addr) => {
             tftp::server::canonical_root(&config.tftp_root)?;
@@ -191,6 +207,8 @@ pub struct BootOptions {
     pub http_port: u16,
     /// Directory served over TFTP and under `/ipxe/`.
     pub tftp_root: PathBuf,
+    /// Answer known hosts' IPv6 router solicitations (on unless DHCP is off).
+    pub router_advertisements: bool,
 }
 
 impl BootOptions {
@@ -202,6 +220,7 @@ impl BootOptions {
             server_ip,
             http_port: 8080,
             tftp_root: PathBuf::from("/usr/lib/ipxe"),
+            router_advertisements: true,
         }
     }
 
@@ -230,6 +249,7 @@ impl BootOptions {
             },
             agent_api: Some(agent_api.to_owned()),
             lease_file: Some(data_dir.join("boot-leases.json")),
+            router_advertisements: self.router_advertisements && self.mode != Mode::Off,
             dhcp,
         }
     }

@@ -100,9 +100,14 @@ impl Drop for Kill {
 
 /// Runs the boot services on a thread that has entered the namespace (sockets stay in the
 /// namespace they were created in). Dropping the sender stops them.
-fn start_services(ns: &Netns, mode: Mode, mac: MacAddress, dir: &Path) -> mpsc::Sender<()> {
+fn start_services(
+    ns: &Netns,
+    mode: Mode,
+    mac: MacAddress,
+    dir: &Path,
+) -> (mpsc::Sender<()>, vmetal_boot::metrics::Metrics) {
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<vmetal_boot::metrics::Metrics, String>>();
     let netns_path = PathBuf::from(format!("/run/netns/{}", ns.name));
     let dir = dir.to_path_buf();
     std::thread::spawn(move || {
@@ -152,10 +157,11 @@ fn start_services(ns: &Netns, mode: Mode, mac: MacAddress, dir: &Path) -> mpsc::
                 },
                 agent_api: None,
                 lease_file: Some(dir.join("leases.json")),
+                router_advertisements: true,
             };
             match vmetal_boot::start(config, HostsHandle::new(hosts)).await {
                 Ok(running) => {
-                    ready_tx.send(Ok(())).unwrap();
+                    ready_tx.send(Ok(running.metrics.clone())).unwrap();
                     // Poll the stop channel without blocking the runtime.
                     while let Err(mpsc::TryRecvError::Empty) = stop_rx.try_recv() {
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -166,11 +172,11 @@ fn start_services(ns: &Netns, mode: Mode, mac: MacAddress, dir: &Path) -> mpsc::
             }
         });
     });
-    ready_rx
+    let metrics = ready_rx
         .recv()
         .unwrap()
         .expect("boot services did not start");
-    stop_tx
+    (stop_tx, metrics)
 }
 
 /// The "kernel" iPXE fetches is an iPXE script: it prints the marker and powers off.
@@ -283,7 +289,7 @@ fn seabios_ipxe_rom_boots_its_script_in_reservation_mode() {
     let ns = Netns::new();
     let mac = "52:54:00:77:00:01";
     let dir = artifacts();
-    let _stop = start_services(
+    let (_stop, metrics) = start_services(
         &ns,
         Mode::Reservation,
         MacAddress::parse(mac).unwrap(),
@@ -293,6 +299,12 @@ fn seabios_ipxe_rom_boots_its_script_in_reservation_mode() {
     assert!(console.contains("iPXE"), "{console}");
     let leases = std::fs::read_to_string(dir.path().join("leases.json")).unwrap();
     assert!(leases.contains("10.77.0.50"), "lease persisted: {leases}");
+    // iPXE solicits an IPv6 router while it configures; our empty advertisement ends its wait.
+    let rendered = metrics.render();
+    assert!(
+        rendered.contains(r#"vmetal_boot_ra_solicitations_total{result="answered"}"#),
+        "iPXE's router solicitation was answered:\n{rendered}"
+    );
 }
 
 #[test]

@@ -50,6 +50,7 @@ fn config(
         },
         agent_api,
         lease_file: None,
+        router_advertisements: false,
     }
 }
 

@@ -65,6 +65,10 @@ pub struct BootArgs {
     /// Reservation-mode lease file.
     #[arg(long, default_value = "vmetal-boot-leases.json", value_name = "FILE")]
     lease_file: PathBuf,
+    /// Do not answer known hosts' IPv6 router solicitations on --interface (answering them
+    /// spares iPXE a ~16 s wait for an IPv6 router; the answer announces nothing).
+    #[arg(long)]
+    no_router_advertisements: bool,
     /// Watch BareMetalHosts in this namespace only.
     #[arg(long)]
     namespace: Option<String>,
@@ -136,6 +140,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<()> {
         },
         agent_api: args.agent_api,
         lease_file: Some(args.lease_file),
+        router_advertisements: !args.no_router_advertisements && mode != Mode::Off,
         dhcp,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

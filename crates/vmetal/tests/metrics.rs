@@ -140,6 +140,7 @@ async fn start_boot(client: kube::Client, root: &std::path::Path) -> vmetal_boot
         },
         agent_api: None,
         lease_file: None,
+        router_advertisements: false,
     };
     let hosts = vmetal_boot::HostsHandle::default();
     tokio::spawn(vmetal_boot::watch::watch_hosts(client, None, hosts.clone()));

@@ -1,0 +1,85 @@
+//! The router-advertisement socket loop: a raw ICMPv6 socket on the provisioning interface,
+//! joined to all-routers; each solicitation from a known host gets the empty advertisement.
+
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+
+use super::message::{empty_advertisement, parse_solicitation};
+use crate::error::BootError;
+use crate::hosts::HostsHandle;
+use crate::metrics::Metrics;
+
+/// Link-local all-routers group, where solicitations go.
+const ALL_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+/// Link-local all-nodes group, for answers to senders without an address.
+const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+
+/// Open the raw ICMPv6 socket on `interface`. Neighbor discovery messages are only valid with
+/// hop limit 255, so that is what ours carry. It is driven through tokio's datagram wrapper,
+/// which only calls `recvfrom`/`sendto`; a raw socket answers those like a UDP one.
+pub fn bind(interface: &str) -> Result<UdpSocket, BootError> {
+    let fail = |source| BootError::Bind {
+        what: "IPv6 router advertisements",
+        address: SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+        interface: Some(interface.to_owned()),
+        source,
+    };
+    let index =
+        nix::net::if_::if_nametoindex(interface).map_err(|e| fail(std::io::Error::from(e)))?;
+    let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).map_err(fail)?;
+    socket
+        .bind_device(Some(interface.as_bytes()))
+        .map_err(fail)?;
+    socket
+        .join_multicast_v6(&ALL_ROUTERS, index)
+        .map_err(fail)?;
+    socket.set_multicast_hops_v6(255).map_err(fail)?;
+    socket.set_unicast_hops_v6(255).map_err(fail)?;
+    socket.set_multicast_if_v6(index).map_err(fail)?;
+    socket.set_nonblocking(true).map_err(fail)?;
+    UdpSocket::from_std(std::net::UdpSocket::from(socket)).map_err(fail)
+}
+
+/// Answer router solicitations from known hosts until the socket fails.
+pub async fn serve(
+    socket: UdpSocket,
+    hosts: HostsHandle,
+    metrics: Metrics,
+) -> Result<(), BootError> {
+    let io = |source| BootError::Io {
+        what: "IPv6 router advertisements",
+        source,
+    };
+    let answer = empty_advertisement();
+    let mut buf = [0u8; 1500];
+    loop {
+        let (len, from) = socket.recv_from(&mut buf).await.map_err(io)?;
+        let SocketAddr::V6(from) = from else { continue };
+        let Ok(rs) = parse_solicitation(&buf[..len]) else {
+            continue; // other ICMPv6 traffic, or a malformed solicitation
+        };
+        let known = rs
+            .source_mac
+            .is_some_and(|mac| hosts.snapshot().get(&mac).is_some());
+        if !known {
+            Metrics::inc(&metrics.ra_solicitations, "result", "unknown_host");
+            continue;
+        }
+        // Unicast to the sender (RFC 4861 §6.2.6 allows it); all-nodes if it has no address.
+        let dest = if from.ip().is_unspecified() {
+            ALL_NODES
+        } else {
+            *from.ip()
+        };
+        let to = SocketAddrV6::new(dest, 0, 0, from.scope_id());
+        match socket.send_to(&answer, to).await {
+            Ok(_) => Metrics::inc(&metrics.ra_solicitations, "result", "answered"),
+            Err(e) => {
+                tracing::debug!(to = %to, error = %e, "router advertisement not sent");
+                Metrics::inc(&metrics.ra_solicitations, "result", "send_failed");
+            }
+        }
+    }
+}
