@@ -538,25 +538,39 @@ async fn qcow2_while_downloading(
         let mut converted = None;
         while downloaded.is_none() || converted.is_none() {
             tokio::select! {
-                r = &mut download, if downloaded.is_none() => downloaded = Some(r?),
-                r = &mut convert, if converted.is_none() => match r {
-                    Ok(v) => converted = Some(v),
-                    // A failed download makes the converter fail too; report the download.
-                    Err(e) => match rx.borrow().finished.clone() {
-                        Some(Err(_)) if downloaded.is_none() => {}
-                        _ => return Err(e),
-                    },
-                },
+                r = &mut download, if downloaded.is_none() => downloaded = Some(r),
+                r = &mut convert, if converted.is_none() => {
+                    // A converter failing on its own (a corrupt image) ends it all now; one
+                    // failing because the download did waits for the download's error.
+                    if let Err(e) = r {
+                        if !matches!(rx.borrow().finished, Some(Err(_))) {
+                            return Err(e);
+                        }
+                        converted = Some(Err(e));
+                    } else {
+                        converted = Some(r);
+                    }
+                }
             }
         }
         (downloaded, converted)
     };
-    let (bytes, digest) =
-        downloaded.ok_or_else(|| download_error(url, "the download stopped".into()))?;
-    let image_end = converted.ok_or_else(|| AgentError::ImageFormat {
-        url: url.to_string(),
-        reason: "the qcow2 conversion stopped".into(),
-    })?;
+    // Both have finished here: the converter writes nothing more.
+    let (Some(downloaded), Some(converted)) = (downloaded, converted) else {
+        return Err(download_error(url, "the download stopped".into()));
+    };
+    let (bytes, digest) = match downloaded {
+        Ok(d) => d,
+        Err(e) => {
+            if converted.is_ok() {
+                // Converted, yet the rest of the file never came: its checksum cannot be
+                // verified, so what was written must not boot. (A failed converter wiped.)
+                wipe_start(device, CHUNK as u64).await?;
+            }
+            return Err(e);
+        }
+    };
+    let image_end = converted?;
     Ok((bytes, digest, image_end))
 }
 /// Refuse a qcow2 download whose announced size exceeds the memory it would be held in.
@@ -572,8 +586,8 @@ fn fits_in_memory(url: &str, size: Option<u64>, budget: u64) -> Result<(), Agent
     }
 }
 
-/// The final size once the download has finished (0 if it failed; the converter then fails
-/// on its first read and the download's error is reported).
+/// The final size once the download has finished (what arrived, if it failed: the converter
+/// then fails on a read and the download's error is reported).
 async fn wait_finished(mut rx: tokio::sync::watch::Receiver<Downloaded>) -> u64 {
     loop {
         {
@@ -632,8 +646,8 @@ async fn convert_off_thread(
 }
 
 /// Convert the qcow2 image arriving in `storage` to raw on `device`; returns the virtual size.
-/// Zero and unallocated ranges are zeroed by the device or punched out of a disk file, never
-/// read back or written as data.
+/// Zero and unallocated ranges are zeroed by the device or punched out of a disk file (written
+/// as zeros only where neither works), never read back. On failure the start is wiped.
 async fn qcow2_to_device(
     storage: GrowingImage,
     url: &str,
@@ -668,42 +682,62 @@ async fn qcow2_to_device(
     }
     // Writing runs on its own thread; nothing is hashed (the qcow2 file's checksum is).
     let mut writer = RawWriter::<ImageHashes>::start(device, device_size, None)?;
-    let mut buf = vec![0u8; crate::rawwrite::CHUNK];
-    let mut offset = 0u64;
-    let mut reported = 0u64;
-    while offset < size {
-        let want = (size - offset).min(buf.len() as u64);
-        let (mapping, len) = image
-            .get_mapping(offset, want)
-            .await
-            .map_err(|e| bad(format!("corrupt qcow2 mapping at offset {offset}: {e}")))?;
-        let len = len.min(want) as usize;
-        let zero = match mapping {
-            Mapping::Eof { .. } => break,
-            Mapping::Zero { .. } => true,
-            _ => false,
-        };
-        if len == 0 {
-            return Err(bad(format!("qcow2 mapping of length 0 at offset {offset}")));
-        }
-        if zero {
-            writer.push_zeros(len as u64).await?;
-        } else {
-            image
-                .read(&mut buf[..len], offset)
+    let copied = async {
+        let mut buf = vec![0u8; crate::rawwrite::CHUNK];
+        let mut offset = 0u64;
+        let mut reported = 0u64;
+        while offset < size {
+            let want = (size - offset).min(buf.len() as u64);
+            let (mapping, len) = image
+                .get_mapping(offset, want)
                 .await
-                .map_err(|e| bad(format!("cannot read qcow2 data at offset {offset}: {e}")))?;
-            writer.push(&buf[..len]).await?;
+                .map_err(|e| bad(format!("corrupt qcow2 mapping at offset {offset}: {e}")))?;
+            let len = len.min(want) as usize;
+            let zero = match mapping {
+                Mapping::Eof { .. } => break,
+                Mapping::Zero { .. } => true,
+                _ => false,
+            };
+            if len == 0 {
+                return Err(bad(format!("qcow2 mapping of length 0 at offset {offset}")));
+            }
+            if zero {
+                writer.push_zeros(len as u64).await?;
+            } else {
+                image
+                    .read(&mut buf[..len], offset)
+                    .await
+                    .map_err(|e| bad(format!("cannot read qcow2 data at offset {offset}: {e}")))?;
+                writer.push(&buf[..len]).await?;
+            }
+            offset += len as u64;
+            if offset - reported >= PROGRESS_EVERY {
+                reported = offset;
+                progress(writer.written(), size);
+            }
         }
-        offset += len as u64;
-        if offset - reported >= PROGRESS_EVERY {
-            reported = offset;
-            progress(writer.written(), size);
+        Ok(())
+    }
+    .await;
+    let finished = match copied {
+        Ok(()) => writer.finish().await,
+        Err(e) => {
+            drop(writer); // waits for the chunks already queued
+            Err(e)
+        }
+    };
+    match finished {
+        Ok((written, _)) => {
+            progress(written, size);
+            Ok(size)
+        }
+        Err(e) => {
+            // Part of the image may be on the disk (a cut download, a corrupt cluster): it
+            // must not boot.
+            wipe_start(device, CHUNK as u64).await?;
+            Err(e)
         }
     }
-    let (written, _) = writer.finish().await?;
-    progress(written, size);
-    Ok(size)
 }
 
 #[cfg(test)]
@@ -903,6 +937,11 @@ mod tests {
             err.kind(),
             vmetal_api::agent::AgentErrorKind::ImageDownload,
             "{err}"
+        );
+        let disk = std::fs::read(&device).unwrap();
+        assert!(
+            disk[..1 << 20].iter().all(|b| *b == 0),
+            "the image written before the cut was wiped"
         );
 
         // Right bytes, wrong checksum: a checksum error, and what was written cannot boot.

@@ -105,7 +105,8 @@ pub trait ChunkHasher: Send + 'static {
 }
 
 /// Feeds the stages; call [`RawWriter::push`] with each piece of the download, then
-/// [`RawWriter::finish`].
+/// [`RawWriter::finish`]. Dropped without `finish` (an error elsewhere), it waits for the write
+/// thread, so nothing reaches the disk after the caller has moved on (to wiping, say).
 pub struct RawWriter<H: ChunkHasher> {
     device: PathBuf,
     device_size: u64,
@@ -113,10 +114,24 @@ pub struct RawWriter<H: ChunkHasher> {
     current: Chunk,
     queued: u64,
     to_hash: Option<mpsc::Sender<Piece>>,
-    to_write: mpsc::Sender<Piece>,
+    to_write: Option<mpsc::Sender<Piece>>,
     hasher: Option<std::thread::JoinHandle<H::Output>>,
-    writer: std::thread::JoinHandle<Result<u64, AgentError>>,
+    /// `None` once joined.
+    writer: Option<WriteThread>,
     written: Arc<AtomicU64>,
+}
+
+type WriteThread = std::thread::JoinHandle<Result<u64, AgentError>>;
+
+impl<H: ChunkHasher> Drop for RawWriter<H> {
+    fn drop(&mut self) {
+        self.to_hash = None;
+        self.to_write = None;
+        if let Some(writer) = self.writer.take() {
+            // At most DEPTH queued chunks are left to write; the thread stops after them.
+            let _ = writer.join();
+        }
+    }
 }
 
 impl<H: ChunkHasher> RawWriter<H> {
@@ -158,9 +173,9 @@ impl<H: ChunkHasher> RawWriter<H> {
             pool,
             queued: 0,
             to_hash,
-            to_write,
+            to_write: Some(to_write),
             hasher,
-            writer,
+            writer: Some(writer),
             written,
         })
     }
@@ -188,7 +203,7 @@ impl<H: ChunkHasher> RawWriter<H> {
             self.send().await?;
         }
         self.reserve(n)?;
-        self.to_stages(|| Piece::Zeros(n)).await
+        self.hand_on(|| Piece::Zeros(n)).await
     }
 
     /// Account for `n` more bytes, refusing to go past the end of the disk.
@@ -211,62 +226,74 @@ impl<H: ChunkHasher> RawWriter<H> {
         let chunk = std::mem::replace(&mut self.current, self.pool.chunk());
         self.reserve(chunk.len as u64)?;
         let chunk = Arc::new(chunk);
-        self.to_stages(|| Piece::Data(chunk.clone())).await
+        self.hand_on(|| Piece::Data(chunk.clone())).await
     }
 
-    async fn to_stages(&self, piece: impl Fn() -> Piece) -> Result<(), AgentError> {
+    async fn hand_on(&mut self, piece: impl Fn() -> Piece) -> Result<(), AgentError> {
         if let Some(h) = &self.to_hash {
-            // A closed stage has failed; `finish` reports why.
+            // The hash stage only stops when its receiver is gone, i.e. it panicked;
+            // `finish` reports that.
             let _ = h.send(piece()).await;
         }
-        if self.to_write.send(piece()).await.is_err() {
-            return Err(self.stopped());
+        let sent = match &self.to_write {
+            Some(w) => w.send(piece()).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
         }
-        Ok(())
+        // The write thread has stopped: its own error says why (a disk error, say).
+        self.to_write = None;
+        let writer = self.writer.take();
+        Err(match join_writer(&self.device, writer).await {
+            Err(e) => e,
+            Ok(_) => self.error("the write stage stopped"),
+        })
     }
 
-    fn stopped(&self) -> AgentError {
+    fn error(&self, what: &str) -> AgentError {
         AgentError::disk(
             &self.device,
             "writing",
-            std::io::Error::other("the write stage stopped"),
+            std::io::Error::other(what.to_owned()),
         )
     }
 
     /// Flush the last partial chunk, wait for the stages and return the bytes written and
-    /// the hash stage's output (`None` without a hasher).
+    /// the hash stage's output (`None` without a hasher). The stages are always joined, even
+    /// when the last chunk is refused.
     pub async fn finish(mut self) -> Result<(u64, Option<H::Output>), AgentError> {
-        if self.current.len > 0 {
-            self.send().await?;
-        }
-        let Self {
-            to_hash,
-            to_write,
-            hasher,
-            writer,
-            device,
-            ..
-        } = self;
-        drop((to_hash, to_write));
-        let joined = tokio::task::spawn_blocking(move || (hasher.map(|h| h.join()), writer.join()))
-            .await
-            .map_err(|e| {
-                AgentError::disk(
-                    &device,
-                    "waiting for the write of",
-                    std::io::Error::other(e.to_string()),
-                )
-            })?;
-        let panicked = |what: &str| {
-            AgentError::disk(
-                &device,
-                "writing",
-                std::io::Error::other(format!("the {what} thread panicked")),
-            )
+        let last = if self.current.len > 0 {
+            self.send().await
+        } else {
+            Ok(())
         };
-        let hash = joined.0.transpose().map_err(|_| panicked("hash"))?;
-        let written = joined.1.map_err(|_| panicked("write"))??;
-        Ok((written, hash))
+        self.to_hash = None;
+        self.to_write = None;
+        let written = join_writer(&self.device, self.writer.take()).await;
+        let hasher = self.hasher.take();
+        let hash = tokio::task::spawn_blocking(move || hasher.map(|h| h.join()))
+            .await
+            .ok()
+            .flatten()
+            .transpose()
+            .map_err(|_| self.error("the hash thread panicked"));
+        last?;
+        let written = written?;
+        Ok((written, hash?))
+    }
+}
+
+/// Wait for the write thread (off the async threads) and return its result.
+async fn join_writer(device: &Path, writer: Option<WriteThread>) -> Result<u64, AgentError> {
+    let fail = |what: String| AgentError::disk(device, "writing", std::io::Error::other(what));
+    let Some(writer) = writer else {
+        return Err(fail("the write stage stopped earlier".into()));
+    };
+    match tokio::task::spawn_blocking(move || writer.join()).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(fail("the write thread panicked".into())),
+        Err(e) => Err(fail(format!("waiting for the write thread failed: {e}"))),
     }
 }
 
@@ -337,8 +364,10 @@ impl WriteStage {
         Ok(offset)
     }
 
-    /// Zero a range without writing it: a hole in a file (it stays sparse), write-zeroes on a
-    /// block device (as `qemu-img convert` does). An error when the device cannot.
+    /// Zero a range without sending zeros: a hole in a file (it stays sparse), write-zeroes on
+    /// a block device (as `qemu-img convert` does; the kernel writes zeros itself where the
+    /// device has no such command). An error for ranges the call refuses (unaligned on a block
+    /// device, no hole punching in this filesystem); the caller then writes zeros.
     fn zero_fast(&self, offset: u64, len: u64) -> std::io::Result<()> {
         let how = if self.block {
             nix::fcntl::FallocateFlags::FALLOC_FL_ZERO_RANGE
@@ -497,6 +526,26 @@ mod tests {
             allocated <= 9 << 20,
             "the zero range was punched out: {allocated} bytes allocated"
         );
+    }
+
+    #[tokio::test]
+    async fn a_failing_disk_reports_its_own_error() {
+        // /dev/full refuses every write with ENOSPC.
+        let mut w =
+            RawWriter::start(Path::new("/dev/full"), 64 << 20, Some(Sha(Sha256::new()))).unwrap();
+        let pushed = async {
+            for _ in 0..12 {
+                w.push(&vec![1u8; 4 << 20]).await?;
+            }
+            Ok::<_, AgentError>(())
+        }
+        .await;
+        let err = match pushed {
+            Err(e) => e,
+            Ok(()) => w.finish().await.unwrap_err(),
+        };
+        assert!(err.to_string().contains("No space left"), "{err}");
+        assert!(err.to_string().contains("/dev/full"), "{err}");
     }
 
     #[tokio::test]

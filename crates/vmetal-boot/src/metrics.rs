@@ -27,7 +27,8 @@ pub struct Metrics {
     pub tftp_bytes: Counter,
     /// iPXE scripts served, by kind (agent, exit).
     pub http_scripts: Family<Labels, Counter>,
-    /// IPv6 router solicitations, by result (answered, unknown_host, send_failed).
+    /// IPv6 router solicitations, by result (answered, unknown_host, router_present,
+    /// send_failed).
     pub ra_solicitations: Family<Labels, Counter>,
 }
 

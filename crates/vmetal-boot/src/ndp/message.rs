@@ -67,6 +67,11 @@ pub fn parse_solicitation(msg: &[u8]) -> Result<Solicitation, NdpError> {
     Ok(Solicitation { source_mac })
 }
 
+/// Whether an ICMPv6 message is a Router Advertisement (another router's, for the server).
+pub fn is_advertisement(msg: &[u8]) -> bool {
+    msg.len() >= 16 && msg[0] == ROUTER_ADVERTISEMENT && msg[1] == 0
+}
+
 /// A Router Advertisement that announces nothing: not a default router (lifetime 0), no
 /// prefixes, no managed/other-configuration flags, hop limit and timers unspecified. A host
 /// that gets it has its answer and keeps its configuration.
@@ -159,6 +164,9 @@ mod tests {
         assert_eq!(ra[5], 0, "no managed or other-config flag");
         assert_eq!(&ra[6..8], &[0, 0], "router lifetime 0");
         assert!(ra[4..].iter().all(|b| *b == 0));
+        assert!(is_advertisement(&ra));
+        assert!(!is_advertisement(&ra[..15]));
+        assert!(!is_advertisement(&IPXE_RS));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! it runs anything, and on a network without an IPv6 router it waits about 16 s for an
 //! answer to its router solicitations. Answering a known host's solicitation with an
 //! advertisement that announces nothing (router lifetime 0, no prefixes, no DHCPv6 flags) ends
-//! that wait at once and changes no host's routes or addresses.
+//! that wait at once and changes no host's routes or addresses. Where a real router
+//! advertises, the server stays quiet and leaves the answers to it.
 //!
 //! - [`message`] — parse a Router Solicitation, build the Router Advertisement (pure).
 //! - [`server`] — the raw ICMPv6 socket loop around them.
