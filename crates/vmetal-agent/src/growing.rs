@@ -87,12 +87,10 @@ pub fn growing(budget: u64) -> GrowingWriter {
 pub fn memory_budget() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemAvailable:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .and_then(|m| crate::inventory::meminfo_kib(&m, "MemAvailable"))
+        .map_or(u64::MAX, |kib| {
+            kib.saturating_mul(1024).saturating_sub(RESERVE)
         })
-        .map_or(u64::MAX, |kib| (kib * 1024).saturating_sub(RESERVE))
 }
 
 impl GrowingWriter {

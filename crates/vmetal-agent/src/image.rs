@@ -18,8 +18,8 @@ use crate::error::{AgentError, redact_url};
 use crate::growing::{Downloaded, GrowingImage, GrowingWriter, growing, memory_budget};
 use crate::rawwrite::{ChunkHasher, RawWriter};
 
-/// Write and hash in chunks of this size.
-const CHUNK: usize = 1 << 20;
+/// How much of a failed image's start is zeroed so that it cannot boot.
+const WIPE: u64 = 1 << 20;
 /// A download that delivers nothing for this long has stalled.
 const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Checksum files larger than this are refused.
@@ -209,7 +209,7 @@ pub async fn write_image(
             let (written, (image_hex, written_sha256)) = match (streamed, finished) {
                 (Ok(()), Ok((written, Some(hashes)))) => (written, hashes),
                 (Ok(()), Ok((_, None))) => {
-                    wipe_start(device, CHUNK as u64).await?;
+                    wipe_start(device, WIPE).await?;
                     return Err(AgentError::disk(
                         device,
                         "hashing",
@@ -218,7 +218,7 @@ pub async fn write_image(
                 }
                 (Err(e), _) | (Ok(()), Err(e)) => {
                     // Part of an image may have reached the disk: it must not boot.
-                    wipe_start(device, CHUNK as u64).await?;
+                    wipe_start(device, WIPE).await?;
                     return Err(e);
                 }
             };
@@ -458,7 +458,7 @@ async fn wipe_start(device: &Path, written: u64) -> Result<(), AgentError> {
         .open(device)
         .await
         .map_err(io("opening"))?;
-    let zeros = vec![0u8; written.min(CHUNK as u64) as usize];
+    let zeros = vec![0u8; written.min(WIPE) as usize];
     dev.write_all(&zeros).await.map_err(io("wiping"))?;
     dev.sync_all().await.map_err(io("syncing"))
 }
@@ -565,7 +565,7 @@ async fn qcow2_while_downloading(
             if converted.is_ok() {
                 // Converted, yet the rest of the file never came: its checksum cannot be
                 // verified, so what was written must not boot. (A failed converter wiped.)
-                wipe_start(device, CHUNK as u64).await?;
+                wipe_start(device, WIPE).await?;
             }
             return Err(e);
         }
@@ -734,7 +734,7 @@ async fn qcow2_to_device(
         Err(e) => {
             // Part of the image may be on the disk (a cut download, a corrupt cluster): it
             // must not boot.
-            wipe_start(device, CHUNK as u64).await?;
+            wipe_start(device, WIPE).await?;
             Err(e)
         }
     }
@@ -744,6 +744,7 @@ async fn qcow2_to_device(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use vmetal_api::agent::AgentErrorKind;
 
     const SHA256_A: &str = "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb";
 
@@ -933,28 +934,36 @@ mod tests {
         let err = write_image(&deploy(url, sha256_hex(&qcow)), &device, |_| {})
             .await
             .unwrap_err();
-        assert_eq!(
-            err.kind(),
-            vmetal_api::agent::AgentErrorKind::ImageDownload,
-            "{err}"
-        );
-        let disk = std::fs::read(&device).unwrap();
-        assert!(
-            disk[..1 << 20].iter().all(|b| *b == 0),
-            "the image written before the cut was wiped"
-        );
+        failed_and_wiped(&err, AgentErrorKind::ImageDownload, &device);
 
         // Right bytes, wrong checksum: a checksum error, and what was written cannot boot.
         let url = lying_server(qcow.clone(), qcow.len(), qcow.len()).await;
         let err = write_image(&deploy(url, SHA256_A.into()), &device, |_| {})
             .await
             .unwrap_err();
-        assert_eq!(
-            err.kind(),
-            vmetal_api::agent::AgentErrorKind::ChecksumMismatch,
-            "{err}"
-        );
+        failed_and_wiped(&err, AgentErrorKind::ChecksumMismatch, &device);
+
+        // The file has bytes the converter never needs and the connection drops in them: the
+        // disk is complete, but the checksum cannot be verified, so it must not boot either.
+        let mut padded = qcow.clone();
+        padded.extend_from_slice(&[0x5a; 2 << 20]);
+        let url = lying_server(padded.clone(), padded.len(), qcow.len() + (1 << 20)).await;
+        std::fs::write(&device, vec![0xffu8; 32 << 20]).unwrap();
+        let err = write_image(&deploy(url, sha256_hex(&padded)), &device, |_| {})
+            .await
+            .unwrap_err();
+        failed_and_wiped(&err, AgentErrorKind::ImageDownload, &device);
         let disk = std::fs::read(&device).unwrap();
+        assert!(
+            disk[1 << 20..raw.len()] == raw[1 << 20..],
+            "the conversion finished before the cut"
+        );
+    }
+
+    /// The error is of `kind` and the disk's first MiB is zero: what was written cannot boot.
+    fn failed_and_wiped(err: &AgentError, kind: AgentErrorKind, device: &Path) {
+        assert_eq!(err.kind(), kind, "{err}");
+        let disk = std::fs::read(device).unwrap();
         assert!(disk[..1 << 20].iter().all(|b| *b == 0), "first MiB wiped");
     }
 }

@@ -105,15 +105,19 @@ fn cpu(cpuinfo: &str, kernel_arch: Option<&str>) -> Cpu {
     }
 }
 
+/// A `/proc/meminfo` field (`MemTotal`, `MemAvailable`, ...) in KiB.
+pub(crate) fn meminfo_kib(meminfo: &str, field: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 /// `MemTotal` (kB) rounded up to a whole GiB, in MiB.
 fn ram_mebibytes(meminfo: &str) -> i64 {
-    let kib = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<i64>().ok())
-        .unwrap_or(0);
-    let mib = (kib.max(0) as u64).div_ceil(1024);
+    let kib = meminfo_kib(meminfo, "MemTotal").unwrap_or(0);
+    let mib = kib.div_ceil(1024);
     i64::try_from(mib.div_ceil(1024) * 1024).unwrap_or(i64::MAX)
 }
 

@@ -271,13 +271,13 @@ impl<H: ChunkHasher> RawWriter<H> {
         self.to_hash = None;
         self.to_write = None;
         let written = join_writer(&self.device, self.writer.take()).await;
-        let hasher = self.hasher.take();
-        let hash = tokio::task::spawn_blocking(move || hasher.map(|h| h.join()))
-            .await
-            .ok()
-            .flatten()
-            .transpose()
-            .map_err(|_| self.error("the hash thread panicked"));
+        let hash = match self.hasher.take() {
+            None => Ok(None),
+            Some(h) => match tokio::task::spawn_blocking(move || h.join()).await {
+                Ok(Ok(output)) => Ok(Some(output)),
+                _ => Err(self.error("the hash thread panicked")),
+            },
+        };
         last?;
         let written = written?;
         Ok((written, hash?))

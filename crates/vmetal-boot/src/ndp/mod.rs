@@ -6,7 +6,9 @@
 //! advertises, the server stays quiet and leaves the answers to it.
 //!
 //! - [`message`] — parse a Router Solicitation, build the Router Advertisement (pure).
+//! - [`respond`] — whether to answer (known host, no real router heard lately; pure).
 //! - [`server`] — the raw ICMPv6 socket loop around them.
 
 pub mod message;
+pub mod respond;
 pub mod server;

@@ -1,23 +1,20 @@
 //! The router-advertisement socket loop: a raw ICMPv6 socket on the provisioning interface,
-//! joined to all-routers; each solicitation from a known host gets the empty advertisement,
-//! unless a real router has been heard on the network lately (then it answers, not us).
+//! joined to all-routers, around [`super::respond::Responder`].
 
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
-use super::message::{empty_advertisement, is_advertisement, parse_solicitation};
+use super::message::empty_advertisement;
+use super::respond::{Action, Responder};
 use crate::error::BootError;
 use crate::hosts::HostsHandle;
 use crate::metrics::Metrics;
 
 /// Link-local all-routers group, where solicitations go.
 const ALL_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
-/// After another router's advertisement, stay quiet this long (routers advertise at least
-/// every 600 s by default, RFC 4861 MaxRtrAdvInterval).
-const ROUTER_QUIET: Duration = Duration::from_secs(30 * 60);
 
 /// Open the raw ICMPv6 socket on `interface`. Neighbor discovery messages are only valid with
 /// hop limit 255, so that is what ours carry. It is driven through tokio's datagram wrapper,
@@ -57,35 +54,24 @@ pub async fn serve(
     };
     let answer = empty_advertisement();
     let mut buf = [0u8; 1500];
-    let mut router_heard: Option<Instant> = None;
+    let mut responder = Responder::default();
     loop {
         let (len, from) = socket.recv_from(&mut buf).await.map_err(io)?;
         let SocketAddr::V6(from) = from else { continue };
-        let msg = &buf[..len];
-        if is_advertisement(msg) {
-            if router_heard.is_none_or(|t| t.elapsed() >= ROUTER_QUIET) {
-                tracing::info!(router = %from.ip(), "an IPv6 router advertises here; leaving router solicitations to it");
+        let known = |mac: &_| hosts.snapshot().get(mac).is_some();
+        match responder.handle(&buf[..len], from.ip(), known, Instant::now()) {
+            Action::Answer => {}
+            Action::Decline(why) => {
+                Metrics::inc(&metrics.ra_solicitations, "result", why);
+                continue;
             }
-            router_heard = Some(Instant::now());
-            continue;
-        }
-        let Ok(rs) = parse_solicitation(msg) else {
-            continue; // other ICMPv6 traffic, or a malformed solicitation
-        };
-        // RFC 4861 §6.1.1: a solicitation from the unspecified address is not answered.
-        if from.ip().is_unspecified() {
-            continue;
-        }
-        let known = rs
-            .source_mac
-            .is_some_and(|mac| hosts.snapshot().get(&mac).is_some());
-        if !known {
-            Metrics::inc(&metrics.ra_solicitations, "result", "unknown_host");
-            continue;
-        }
-        if router_heard.is_some_and(|t| t.elapsed() < ROUTER_QUIET) {
-            Metrics::inc(&metrics.ra_solicitations, "result", "router_present");
-            continue;
+            Action::RouterHeard { first } => {
+                if first {
+                    tracing::info!(router = %from.ip(), "an IPv6 router advertises here; leaving router solicitations to it");
+                }
+                continue;
+            }
+            Action::Ignore => continue,
         }
         let to = SocketAddrV6::new(*from.ip(), 0, 0, from.scope_id());
         match socket.send_to(&answer, to).await {
